@@ -1,0 +1,226 @@
+"""The poll loop: source -> records -> sinks, then commit state.
+
+One poll: take the database snapshot, list candidate runs page by page (light), fetch the ones not
+counted yet, turn them into records (malformed rows are counted and remembered, never retried and
+never blocking), and count each page in one state transaction. After the last page the low
+watermark advances (see :mod:`exporter.cursor`). Errors end the poll, not the process: the loop
+reports ``agno_exporter_up 0``, backs off, reconnects and catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector as PromCollector
+
+from . import prom
+from .cursor import Watermark
+from .ids import trace_id_hex
+from .records import BadRow, RunRecord, build_run_record
+from .series import Observation, SeriesRow, SeriesStore
+from .source import Candidate, RunsSource
+from .state import PostgresState
+
+log = logging.getLogger("agno_exporter.collector")
+
+
+@dataclass(frozen=True)
+class CollectorOptions:
+    batch_size: int = 500
+    clock_skew: float = 10.0
+    max_lookback: float = 3600.0
+    backfill: bool = True
+    top_sessions: int = 10
+    top_sessions_window: float = 86400.0
+    with_content: bool = False
+
+
+@dataclass
+class PollResult:
+    counted: int = 0
+    skipped: int = 0
+    pages: int = 0
+
+
+class RunCollector:
+    """Reads finished runs from one agno database and counts each exactly once."""
+
+    def __init__(
+        self,
+        source: RunsSource,
+        state: PostgresState,
+        store: SeriesStore,
+        metrics: prom.SelfMetrics,
+        options: CollectorOptions,
+        clock: Callable[[], float] = time.time,
+        on_commit: Callable[[Sequence[RunRecord]], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.state = state
+        self.store = store
+        self.m = metrics
+        self.opts = options
+        self.clock = clock
+        self.on_commit = on_commit
+        self.watermark = Watermark(max_lookback=options.max_lookback)
+        self.top: list[tuple[str, str, str, int, float]] = []
+        self.started = False
+        self.ready = False
+
+    async def start(self) -> None:
+        """Create/load the durable state. Safe to call again after a failure."""
+        await self.state.setup()
+        self.watermark.low = await self.state.load_cursor()
+        self.store.load(await self.state.load_series())
+        self.started = True
+        log.info("state loaded: %d series, low watermark %.0f", self.store.series_count(), self.watermark.low)
+
+    # --- one poll ------------------------------------------------------------------------------
+
+    async def poll_once(self) -> PollResult:
+        if not self.started:
+            await self.start()
+        result = PollResult()
+        snap = await self.source.snapshot()
+        if self.watermark.low == 0.0:
+            if self.opts.backfill:
+                await self._backfill(result)
+            else:
+                log.info("backfill disabled: counting runs finished from now on")
+        else:
+            since = self.watermark.low - self.opts.clock_skew
+            after: tuple[int, str] | None = None
+            while True:
+                page = await self.source.candidates(since, after, self.opts.batch_size)
+                if not page:
+                    break
+                await self._count(page, result)
+                if len(page) < self.opts.batch_size:
+                    break
+                after = (page[-1].updated_at, page[-1].run_id)
+        low, clamped = self.watermark.advance(snap)
+        if clamped:
+            self.m.lookback_clamped.inc()
+            log.warning("an open transaction is older than collector.max_lookback; the re-read window is clamped")
+        await self.state.save_cursor(low)
+        self.m.watermark.set(low)
+        if self.opts.top_sessions:
+            self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
+                                                     self.opts.top_sessions)
+        return result
+
+    async def _backfill(self, result: PollResult) -> None:
+        after: str | None = None
+        while True:
+            page = await self.source.backfill_page(after, self.opts.batch_size)
+            if not page:
+                return
+            await self._count(page, result)
+            after = page[-1].run_id
+            log.info("backfill: %d runs counted so far", result.counted)
+
+    async def _count(self, page: Sequence[Candidate], result: PollResult) -> None:
+        result.pages += 1
+        known = await self.state.known([c.run_id for c in page])
+        todo = [c.run_id for c in page if c.run_id not in known]
+        if not todo:
+            return
+        rows = await self.source.fetch(todo)
+        records: list[RunRecord] = []
+        skipped: list[tuple[str, str]] = []
+        for row in rows:
+            run_id = str(row.get("run_id"))
+            try:
+                record = build_run_record(row, row.get("run_data"), with_content=self.opts.with_content)
+            except BadRow as exc:
+                log.warning("skipping run %s: %s", run_id, exc)
+                skipped.append((run_id, exc.reason))
+                continue
+            if record.final:
+                records.append(record)
+        roots = await self.source.ancestors([r.run_id for r in records if r.parent_run_id])
+        trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
+        now = self.clock()
+        staged_box: list[Any] = []
+
+        def compute(fresh: list[RunRecord], new_sessions: list[tuple[str, str]]) -> list[SeriesRow]:
+            obs: list[Observation] = []
+            for rec in fresh:
+                obs.extend(prom.observations(rec, trace_ids[rec.run_id]))
+            obs.extend(prom.new_session_observations(new_sessions))
+            staged = self.store.stage(obs, now)
+            staged_box.append(staged)
+            return staged.rows()
+
+        batch = await self.state.commit_batch(records, roots, skipped, now, compute)
+        staged_box[-1].apply()  # only after the commit: memory never runs ahead of the state
+        for rec in batch.new_records:
+            self.m.runs_collected.labels(rec.run_type).inc()
+            self.m.lag.observe(max(0.0, now - rec.updated_at))
+            for reason in rec.sanitized:
+                self.m.rows_sanitized.labels(reason).inc()
+        for _, reason in skipped:
+            self.m.rows_skipped.labels(reason).inc()
+        result.counted += len(batch.new_records)
+        result.skipped += len(skipped)
+        if self.on_commit and batch.new_records:
+            self.on_commit(batch.new_records)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self, interval: float, max_backoff: float = 60.0,
+                  wake: asyncio.Event | None = None) -> None:
+        """Poll forever; on failure report down, back off (with jitter) and retry."""
+        failures = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                result = await self.poll_once()
+            except (psycopg.Error, OSError) as exc:
+                failures += 1
+                reason = "database" if isinstance(exc, (psycopg.OperationalError, OSError)) else "query"
+                self.m.poll_errors.labels(reason).inc()
+                self.m.up.set(0)
+                self.ready = False
+                self.m.ready.set(0)
+                delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, str(exc).strip())
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self.m.poll_duration.observe(time.perf_counter() - t0)
+            self.m.up.set(1)
+            self.m.last_success.set(self.clock())
+            self.ready = True
+            self.m.ready.set(1)
+            if result.counted or result.skipped:
+                log.info("poll: %d runs counted, %d skipped", result.counted, result.skipped)
+            if wake is None:
+                await asyncio.sleep(interval)
+            else:
+                try:
+                    await asyncio.wait_for(wake.wait(), interval)
+                except TimeoutError:
+                    pass
+                wake.clear()
+
+
+class TopSessions(PromCollector):
+    """Exposes the collector's latest top-K sessions (refreshed every poll)."""
+
+    def __init__(self, collector: RunCollector) -> None:
+        self.collector = collector
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from prom.top_sessions_metrics(self.collector.top)

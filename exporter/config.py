@@ -1,0 +1,405 @@
+"""Settings: a YAML file plus environment variables, validated strictly.
+
+Two stages, as in query-exporter: a strict schema (unknown keys rejected, durations like ``"5m"``
+parsed, ranges checked) and then cross-field checks. The result is a frozen :class:`Settings`.
+Every error names the dotted location of the field (``collector.poll_interval: ...``), so a
+newcomer can fix the file without reading code. Secrets come by indirection (``!env VAR``,
+``!file path``) and are kept as :class:`pydantic.SecretStr`, so they never reach logs or pages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "AGNO_EXPORTER_"
+DEFAULT_LISTEN = "0.0.0.0:9477"
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message lists every problem, each naming its field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# value types
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"250ms"``, ``"5s"``, ``"2m"``, ``"1h"``, ``"1d"`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 5s, 2m or 1h")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 5s, 2m, 1h)")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _identifier(value: str) -> str:
+    if not IDENT_RE.match(value):
+        raise ValueError(f"{value!r} is not a plain SQL identifier (letters, digits, _; at most 63)")
+    return value
+
+
+Identifier = Annotated[str, BeforeValidator(lambda v: _identifier(str(v)))]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+class DatabaseSettings(_Strict):
+    url: SecretStr | None = Field(
+        default=None, description="postgresql:// URL of agno's database; none = embedded (demo only)"
+    )
+    schema_name: Identifier = Field(default="ai", alias="schema")
+    session_table: Identifier = "agno_sessions"
+    runs_table: Identifier | None = Field(
+        default=None, description="default: agno_runs, or <session_table>_runs for a custom session_table"
+    )
+    layout: Literal["auto", "v3", "v2", "mixed"] = "auto"
+    statement_timeout: Duration = 30.0
+    connect_timeout: Duration = 10.0
+    application_name: str = "agno-exporter"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def runs_table_name(self) -> str:
+        if self.runs_table:
+            return self.runs_table
+        if self.session_table != "agno_sessions":
+            return f"{self.session_table}_runs"
+        return "agno_runs"
+
+
+class CollectorSettings(_Strict):
+    enabled: bool = True
+    poll_interval: Duration = 5.0
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    # How far an app host's clock (agno writes updated_at from it) may be behind the database's.
+    clock_skew: Duration = 10.0
+    # The re-read window never reaches further back than this, whatever transactions stay open.
+    max_lookback: Duration = 3600.0
+    backfill: bool = True
+    max_backoff: Duration = 60.0
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v < 0.05:
+            raise ValueError("must be at least 50ms")
+        return v
+
+
+class StateSettings(_Strict):
+    backend: Literal["postgres", "sqlite"] = "postgres"
+    schema_name: Identifier = Field(default="agno_exporter", alias="schema")
+    path: Path = Path("agno-exporter-state.sqlite3")
+    url: SecretStr | None = Field(default=None, description="Postgres for the state; default: database.url")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class MetricsSettings(_Strict):
+    label_value_limit: int = Field(default=300, ge=1, le=100_000)
+    top_sessions: int = Field(default=10, ge=0, le=1000)
+    top_sessions_window: Duration = 86400.0
+
+
+class WebSettings(_Strict):
+    listen: str = DEFAULT_LISTEN
+    config_file: Path | None = Field(default=None, description="exporter-toolkit style web config (TLS, auth)")
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+
+class TracesSettings(_Strict):
+    enabled: bool | None = Field(default=None, description="default: on when an OTLP endpoint is set")
+    endpoint: str | None = None
+    protocol: Literal["http/protobuf", "grpc"] | None = None
+    capture_content: bool = False
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    resource_attributes: dict[str, str] = Field(default_factory=dict)
+
+
+KNOWN_TOOLS = ("yfinance", "calculator", "sleep", "fail")
+
+
+class ModelSpec(_Strict):
+    id: str = "gpt-4o-mini"
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; default per scheduler.llm")
+    api_key: SecretStr | None = None
+
+
+class AgentSpec(_Strict):
+    name: str
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    instructions: str | None = None
+    tools: tuple[str, ...] = ()
+    stream: bool = False
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in v if t not in KNOWN_TOOLS]
+        if unknown:
+            raise ValueError(f"unknown tool(s) {unknown}; known: {list(KNOWN_TOOLS)}")
+        return v
+
+
+class TeamSpec(_Strict):
+    name: str
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    instructions: str | None = None
+    members: tuple[AgentSpec, ...] = Field(min_length=1)
+
+
+class JobSpec(_Strict):
+    name: str
+    prompt: str
+    agent: AgentSpec | None = None
+    team: TeamSpec | None = None
+    interval: Duration | None = None
+    cron: str | None = None
+    jitter: Duration = 0.0
+    max_in_flight: int = Field(default=1, ge=1, le=1000)
+    misfire_grace_time: Duration = 30.0
+    session: Literal["per_run", "shared"] = "per_run"
+    user_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> JobSpec:
+        if (self.agent is None) == (self.team is None):
+            raise ValueError("give exactly one of agent or team")
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("give exactly one of interval or cron")
+        if self.interval is not None and self.interval < 0.1:
+            raise ValueError("interval must be at least 100ms")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"cron {self.cron!r}: {exc}") from None
+        return self
+
+
+def _seed_job() -> JobSpec:
+    """The seed's example: one background run of BackgroundMetricsAgent asking for AAPL's price."""
+    return JobSpec(
+        name="seed",
+        prompt="What is the stock price of AAPL?",
+        agent=AgentSpec(name="BackgroundMetricsAgent", tools=("yfinance",)),
+        interval=60.0,
+    )
+
+
+class SchedulerSettings(_Strict):
+    enabled: bool = False
+    # auto: OpenAI when OPENAI_API_KEY is set, the built-in simulated model otherwise.
+    llm: Literal["auto", "openai", "simulated"] = "auto"
+    shutdown_timeout: Duration = 30.0
+    jobs: tuple[JobSpec, ...] = Field(default_factory=lambda: (_seed_job(),))
+
+    @field_validator("jobs")
+    @classmethod
+    def _unique(cls, v: tuple[JobSpec, ...]) -> tuple[JobSpec, ...]:
+        names = [j.name for j in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"job names must be unique; repeated: {dupes}")
+        return v
+
+
+class HASettings(_Strict):
+    enabled: bool = False
+    lock_key: int = 0x61676E6F  # "agno"
+
+
+class LogSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Strict):
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    traces: TracesSettings = Field(default_factory=TracesSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    ha: HASettings = Field(default_factory=HASettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @property
+    def traces_enabled(self) -> bool:
+        if self.traces.enabled is not None:
+            return self.traces.enabled
+        return bool(
+            self.traces.endpoint
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9477`` for IPv6; ``:9477`` for all interfaces)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _env_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    name = loader.construct_scalar(node)  # type: ignore[arg-type]
+    if name not in os.environ:
+        raise ConfigError(f"!env {name}: the environment variable is not set")
+    return os.environ[str(name)]
+
+
+def _file_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    path = Path(str(loader.construct_scalar(node)))  # type: ignore[arg-type]
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"!file {path}: {exc.strerror}") from None
+
+
+_Loader.add_constructor("!env", _env_tag)
+_Loader.add_constructor("!file", _file_tag)
+
+# Environment variables that map onto settings without the AGNO_EXPORTER_ prefix.
+_PLAIN_ENV = {"DATABASE_URL": ("database", "url")}
+_SHORT_ENV = {
+    "DATABASE_URL": ("database", "url"),
+    "LISTEN": ("web", "listen"),
+    "POLL_INTERVAL": ("collector", "poll_interval"),
+    "LOG_LEVEL": ("log", "level"),
+}
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """``AGNO_EXPORTER_<SECTION>__<KEY>`` (and a few short names) -> nested overrides."""
+    out: dict[str, dict[str, Any]] = {}
+    errors = []
+    sections = set(Settings.model_fields)
+    for plain, (section, key) in _PLAIN_ENV.items():
+        if environ.get(plain):
+            out.setdefault(section, {})[key] = environ[plain]
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX) :]
+        if rest in _SHORT_ENV:
+            section, key = _SHORT_ENV[rest]
+        elif "__" in rest:
+            section, _, key = rest.lower().partition("__")
+            if section not in sections or section == "scheduler" and key == "jobs":
+                errors.append(f"{name}: unknown setting (section {section!r})")
+                continue
+        else:
+            errors.append(
+                f"{name}: unknown variable; use {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}COLLECTOR__POLL_INTERVAL"
+            )
+            continue
+        out.setdefault(section, {})[key] = yaml.load(value, Loader=_Loader) if value else value
+        if key == "url" or key.endswith("api_key"):
+            out[section][key] = value  # secrets stay strings, never YAML-parsed
+    return out, errors
+
+
+def _format(err: ValidationError, source: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc or '(top level)'}: {msg}")
+    return lines
+
+
+def load_settings(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read the YAML file (optional), apply environment variables, then command-line overrides."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            loaded = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = loaded or {}
+    env, errors = _env_overrides(environ)
+    for layer in (env, overrides or {}):
+        for section, values in layer.items():
+            current = raw.get(section)
+            if current is not None and not isinstance(current, dict):
+                errors.append(f"{source}: {section}: must be a mapping")
+                continue
+            raw[section] = {**(current or {}), **values}
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        errors.extend(_format(exc, source))
+        raise ConfigError("\n".join(errors)) from None
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return settings

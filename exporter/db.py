@@ -1,0 +1,97 @@
+"""Connections to Postgres: one place that knows how we connect and what a connection promises.
+
+Every connection carries a statement timeout, TCP keepalives (a stalled network is noticed) and an
+application_name (visible in pg_stat_activity). Reads of agno's tables run in read-only
+transactions. URLs are shown only through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+_PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@]*(@)")
+_PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs and conninfo strings (for logs, errors and pages)."""
+    return _PASSWORD_KV_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***\2", text))
+
+
+def plain_url(url: str) -> str:
+    """agno's SQLAlchemy URLs (``postgresql+psycopg://``) -> a libpq URL."""
+    return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    url: str
+    application_name: str = "agno-exporter"
+    statement_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    read_only: bool = False
+
+
+Connector = Callable[[], "psycopg.AsyncConnection[dict[str, Any]]"]
+
+
+async def connect(opts: ConnectOptions) -> psycopg.AsyncConnection[dict[str, Any]]:
+    options = f"-c statement_timeout={int(opts.statement_timeout * 1000)}"
+    if opts.read_only:
+        options += " -c default_transaction_read_only=on"
+    try:
+        return await psycopg.AsyncConnection.connect(
+            plain_url(opts.url),
+            autocommit=True,
+            row_factory=dict_row,
+            application_name=opts.application_name,
+            connect_timeout=max(1, int(opts.connect_timeout)),
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+            options=options,
+        )
+    except psycopg.Error as exc:
+        raise psycopg.OperationalError(redact(str(exc))) from None
+
+
+class Database:
+    """A lazily (re)opened connection: the collector works sequentially and needs just one.
+
+    A broken connection is closed and reopened by the next call, so a database restart is
+    survived without any caller holding stale state.
+    """
+
+    def __init__(self, opts: ConnectOptions) -> None:
+        self.opts = opts
+        self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+
+    async def conn(self) -> psycopg.AsyncConnection[dict[str, Any]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            if self._conn is not None:
+                await self._conn.close()
+            self._conn = await connect(self.opts)
+        return self._conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        conn = await self.conn()
+        try:
+            async with conn.transaction():
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None

@@ -1,0 +1,185 @@
+"""The Prometheus sink: which families exist, what one run adds to them, and the self-metrics.
+
+Names follow ../shared/brief/metrics.md: per model call and per tool call the OpenTelemetry GenAI
+semantic conventions (Prometheus spelling), per run and per session ``agno_``, about the exporter
+``agno_exporter_``. ``session_id``, ``user_id`` and ``run_id`` are never labels of these families;
+they go on spans (and the trace id on exemplars).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .records import RunRecord
+from .series import Family, Observation, SeriesStore, exponential, gauge
+
+TOKEN_BUCKETS = exponential(1, 4, 14)  # 1 .. 67108864
+DURATION_BUCKETS = exponential(0.01, 2, 14)  # 0.01 .. 81.92
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0)
+RUN_DURATION_BUCKETS = (*exponential(0.01, 2, 14), 163.84, 327.68, 655.36, 1310.72)
+
+_GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_agent_name")
+
+FAMILIES: tuple[Family, ...] = (
+    Family("agno_runs", "counter", "Finished agno runs, counted once when they reach a final status.",
+           ("run_type", "name", "status")),
+    Family("agno_tokens", "counter",
+           "Tokens used, summed from agno's stored run metrics (details by model role); "
+           "equals agno's own run totals.",
+           ("run_type", "name", "model", "provider", "model_role", "token_type")),
+    Family("agno_cost_usd", "counter",
+           "Cost in US dollars: as reported by the provider (source=reported) or estimated from the "
+           "price table (source=estimated).",
+           ("run_type", "name", "model", "provider", "source")),
+    Family("agno_run_duration_seconds", "histogram", "Run duration as agno measured it.",
+           ("run_type", "name", "status"), RUN_DURATION_BUCKETS, "seconds"),
+    Family("agno_run_time_to_first_token_seconds", "histogram",
+           "Time to first token of a run as agno measured it (streamed runs only).",
+           ("run_type", "name"), TTFT_BUCKETS, "seconds"),
+    Family("agno_model_calls", "counter", "Model calls (assistant messages produced by the run).",
+           ("run_type", "name", "model", "provider")),
+    Family("agno_tool_calls", "counter", "Tool calls executed by runs.", ("name", "tool")),
+    Family("agno_tool_call_errors", "counter", "Tool calls that agno marked as failed.", ("name", "tool")),
+    Family("agno_token_anomalies", "counter",
+           "Runs whose stored token numbers are inconsistent (e.g. total != input + output), by kind.",
+           ("kind", "provider", "model")),
+    Family("agno_sessions", "counter", "Sessions seen for the first time (by the run type and name that opened them).",
+           ("run_type", "name")),
+    Family("gen_ai_client_token_usage", "histogram", "Tokens per model call (OpenTelemetry GenAI).",
+           (*_GENAI[:3], "gen_ai_token_type", "gen_ai_agent_name"), TOKEN_BUCKETS),
+    Family("gen_ai_client_operation_duration_seconds", "histogram",
+           "Duration of one model call (OpenTelemetry GenAI).", (*_GENAI, "error_type"),
+           DURATION_BUCKETS, "seconds"),
+    Family("gen_ai_server_time_to_first_token_seconds", "histogram",
+           "Time to first token of one streamed model call (OpenTelemetry GenAI).", _GENAI, TTFT_BUCKETS,
+           "seconds"),
+    Family("gen_ai_execute_tool_duration_seconds", "histogram",
+           "Duration of one tool call, exact as agno measured it.",
+           ("gen_ai_tool_name", "gen_ai_agent_name", "error_type"), DURATION_BUCKETS, "seconds"),
+)
+
+# Labels whose values come from a fixed set of ours or agno's: never folded into __other__.
+BOUNDED_LABELS = ("kind", "run_type", "status", "token_type", "gen_ai_token_type", "gen_ai_operation_name",
+                  "source", "error_type", "model_role")
+
+
+def new_store(label_value_limit: int) -> SeriesStore:
+    return SeriesStore(FAMILIES, label_value_limit, BOUNDED_LABELS)
+
+
+def observations(record: RunRecord, trace_id: str | None) -> Iterator[Observation]:
+    """Everything one finished run adds to the persisted families."""
+    rt, name = record.run_type, record.name
+    yield Observation("agno_runs", (rt, name, record.status), 1)
+    for t in record.tokens:
+        yield Observation("agno_tokens", (rt, name, t.model, t.provider, t.model_role, t.token_type), t.count)
+    for kind in record.anomalies:
+        yield Observation("agno_token_anomalies", (kind, record.provider, record.model), 1)
+    for c in record.costs:
+        yield Observation("agno_cost_usd", (rt, name, c.model, c.provider, "reported"), c.usd)
+    if record.duration is not None:
+        yield Observation("agno_run_duration_seconds", (rt, name, record.status), record.duration, trace_id)
+    if record.time_to_first_token is not None:
+        yield Observation("agno_run_time_to_first_token_seconds", (rt, name), record.time_to_first_token,
+                          trace_id)
+    for call in record.model_calls:
+        yield Observation("agno_model_calls", (rt, name, call.model, call.provider), 1)
+        base = ("chat", call.provider, call.model)
+        for ttype, n in (("input", call.input_tokens), ("output", call.output_tokens)):
+            if n:
+                yield Observation("gen_ai_client_token_usage", (*base, ttype, name), n, trace_id)
+        if call.duration is not None:
+            yield Observation("gen_ai_client_operation_duration_seconds", (*base, name, ""), call.duration,
+                              trace_id)
+        if call.time_to_first_token is not None:
+            yield Observation("gen_ai_server_time_to_first_token_seconds", (*base, name),
+                              call.time_to_first_token, trace_id)
+    for tool in record.tool_calls:
+        yield Observation("agno_tool_calls", (name, tool.name), 1)
+        if tool.error:
+            yield Observation("agno_tool_call_errors", (name, tool.name), 1)
+        if tool.duration is not None:
+            yield Observation("gen_ai_execute_tool_duration_seconds",
+                              (tool.name, name, "ToolCallError" if tool.error else ""), tool.duration, trace_id)
+
+
+def new_session_observations(new_sessions: Iterable[tuple[str, str]]) -> Iterator[Observation]:
+    for run_type, name in new_sessions:
+        yield Observation("agno_sessions", (run_type, name), 1)
+
+
+class SelfMetrics:
+    """The exporter's own health, on the registry it is given (never the global one)."""
+
+    def __init__(self, registry: CollectorRegistry, agno_version: str) -> None:
+        r = registry
+        Info("agno_exporter_build", "Build information.", registry=r).info(
+            {"version": __version__, "agno_version": agno_version, "python_version": platform.python_version()}
+        )
+        self.up = Gauge("agno_exporter_up", "1 when the last poll of agno's database succeeded.", registry=r)
+        self.ready = Gauge("agno_exporter_ready", "1 once a first poll succeeded and the database is reachable.",
+                           registry=r)
+        self.poll_duration = Histogram("agno_exporter_poll_duration_seconds", "Duration of one poll.",
+                                       buckets=exponential(0.001, 2, 16), registry=r)
+        self.last_success = Gauge("agno_exporter_last_success_timestamp_seconds",
+                                  "When the last poll succeeded (unix time).", registry=r)
+        self.poll_errors = Counter("agno_exporter_poll_errors", "Polls that failed.", ["reason"], registry=r)
+        self.runs_collected = Counter("agno_exporter_runs_collected", "Runs collected and counted.",
+                                      ["run_type"], registry=r)
+        self.rows_skipped = Counter("agno_exporter_rows_skipped", "Rows skipped as malformed, by reason.",
+                                    ["reason"], registry=r)
+        self.rows_sanitized = Counter("agno_exporter_rows_sanitized",
+                                      "Rows whose label values had to be cleaned, by reason.", ["reason"],
+                                      registry=r)
+        self.lag = Histogram("agno_exporter_lag_seconds",
+                             "Seconds between a run's last update in agno and its export.",
+                             buckets=exponential(0.05, 2, 16), registry=r)
+        self.lookback_clamped = Counter(
+            "agno_exporter_lookback_clamped",
+            "Polls where an open transaction was older than collector.max_lookback (its runs may be missed).",
+            registry=r)
+        self.watermark = Gauge("agno_exporter_cursor_low_watermark_seconds",
+                               "The collector's low watermark (unix time): runs updated after it are re-checked.",
+                               registry=r)
+        for reason in ("database", "query", "state"):
+            self.poll_errors.labels(reason)
+
+
+class StoreStats(Collector):
+    """Self-metrics derived from the series store at scrape time."""
+
+    def __init__(self, store: SeriesStore) -> None:
+        self.store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield gauge("agno_exporter_series", "Series held per metric family.", ["metric"],
+                    [((name,), len(self.store.series(name))) for name in self.store.families])
+        folded = self.store.limiter.folded
+        from prometheus_client.core import CounterMetricFamily
+
+        c = CounterMetricFamily("agno_exporter_label_values_folded",
+                                "Observations whose label value was folded into __other__ (cap reached).",
+                                labels=["metric", "label"])
+        for (metric, label), n in sorted(folded.items()):
+            c.add_metric([metric, label], n)
+        yield c
+
+
+def top_sessions_metrics(rows: Sequence[tuple[str, str, str, int, float]]) -> Iterator[Metric]:
+    """The K costliest recent sessions: rank, session id, and their token and cost totals."""
+    labels = ["rank", "session_id", "run_type", "name"]
+    yield gauge("agno_session_top_tokens", "Tokens of the K sessions with the most tokens in the window "
+                "(sum of their runs, member runs included).", labels,
+                (((str(i + 1), sid, rt, nm), tok) for i, (sid, rt, nm, tok, _) in enumerate(rows)))
+    yield gauge("agno_session_top_cost_usd", "Cost in USD of the same K sessions (reported cost).", labels,
+                (((str(i + 1), sid, rt, nm), cost) for i, (sid, rt, nm, _, cost) in enumerate(rows)))

@@ -1,0 +1,248 @@
+"""Totals that outlive the process: counters and histograms kept by us, rendered for Prometheus.
+
+agno's runs are counted once, ever; a restart must not reset ``agno_tokens_total`` to zero nor
+count history again. So exported totals are values we keep (and persist through the state store)
+and expose with a custom collector, as client_python recommends for values kept elsewhere.
+
+Changes are staged on copies (:meth:`SeriesStore.stage`), written to the state store in the same
+transaction that marks the runs as counted, and only then applied to memory (:meth:`Staged.apply`):
+memory never runs ahead of what is durable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
+
+OTHER = "__other__"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One exported metric family: the contract users build dashboards on."""
+
+    name: str  # without _total for counters (prometheus_client adds it)
+    kind: str  # "counter" | "histogram"
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+    unit: str = ""
+
+
+@dataclass(slots=True)
+class Series:
+    """Value of one label set. Counters use ``total``; histograms use all three."""
+
+    total: float = 0.0
+    count: int = 0
+    buckets: list[int] = field(default_factory=list)  # per bucket, not cumulative; last is +Inf
+    exemplars: dict[int, Exemplar] = field(default_factory=dict)  # bucket index -> latest, memory only
+
+    def copy(self) -> Series:
+        return Series(self.total, self.count, list(self.buckets), dict(self.exemplars))
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    family: str
+    labels: tuple[str, ...]
+    value: float
+    trace_id: str | None = None  # exemplar
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesRow:
+    """A series as the state store keeps it."""
+
+    family: str
+    labels: tuple[str, ...]
+    total: float
+    count: int
+    buckets: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.labels, ensure_ascii=False)
+
+
+class LabelLimiter:
+    """Caps the distinct values of each label of each family; the rest fold into ``__other__``.
+
+    A folding decision is sticky for the life of the series store (values already seen stay
+    themselves), and the seen values are rebuilt from persisted series on start, so a restart
+    folds the same way.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[tuple[str, int], set[str]] = {}
+        self.folded: dict[tuple[str, str], int] = {}
+
+    def learn(self, family: Family, labels: Sequence[str]) -> None:
+        for i, value in enumerate(labels):
+            self._seen.setdefault((family.name, i), set()).add(value)
+
+    def apply(self, family: Family, labels: tuple[str, ...], bounded: frozenset[int]) -> tuple[str, ...]:
+        out = list(labels)
+        for i, value in enumerate(labels):
+            if i in bounded:
+                continue
+            seen = self._seen.setdefault((family.name, i), set())
+            if value in seen:
+                continue
+            if len(seen) >= self.limit:
+                out[i] = OTHER
+                key = (family.name, family.labels[i])
+                self.folded[key] = self.folded.get(key, 0) + 1
+                seen.add(OTHER)
+            else:
+                seen.add(value)
+        return tuple(out)
+
+
+class Staged:
+    """Changes computed for one batch, not yet visible to scrapes."""
+
+    def __init__(self, store: SeriesStore, changed: dict[tuple[str, tuple[str, ...]], Series]) -> None:
+        self._store = store
+        self._changed = changed
+
+    def rows(self) -> list[SeriesRow]:
+        return [
+            SeriesRow(fam, labels, s.total, s.count, tuple(s.buckets))
+            for (fam, labels), s in self._changed.items()
+        ]
+
+    def apply(self) -> None:
+        for (fam, labels), series in self._changed.items():
+            self._store._data[fam][labels] = series
+        self._store.version += 1
+
+
+class SeriesStore(Collector):
+    """All persisted families and their series; a prometheus_client collector."""
+
+    def __init__(self, families: Iterable[Family], label_value_limit: int,
+                 bounded_labels: Iterable[str] = ()) -> None:
+        self.families = {f.name: f for f in families}
+        self._data: dict[str, dict[tuple[str, ...], Series]] = {name: {} for name in self.families}
+        self.limiter = LabelLimiter(label_value_limit)
+        # labels whose value set is fixed by us (token_type, status, ...): never folded
+        bounded = set(bounded_labels)
+        self._bounded = {
+            f.name: frozenset(i for i, label in enumerate(f.labels) if label in bounded)
+            for f in self.families.values()
+        }
+        self.version = 0
+
+    # --- loading and staging -------------------------------------------------------------------
+
+    def load(self, rows: Iterable[SeriesRow]) -> int:
+        """Replace memory with persisted rows (on start). Unknown families are ignored."""
+        n = 0
+        for row in rows:
+            family = self.families.get(row.family)
+            if family is None or len(row.labels) != len(family.labels):
+                continue
+            buckets = list(row.buckets)
+            if family.kind == "histogram" and len(buckets) != len(family.buckets) + 1:
+                continue  # bucket layout changed between versions: start that series afresh
+            self._data[row.family][row.labels] = Series(row.total, row.count, buckets)
+            self.limiter.learn(family, row.labels)
+            n += 1
+        self.version += 1
+        return n
+
+    def stage(self, observations: Iterable[Observation], now: float | None = None) -> Staged:
+        changed: dict[tuple[str, tuple[str, ...]], Series] = {}
+        for obs in observations:
+            family = self.families[obs.family]
+            labels = self.limiter.apply(family, obs.labels, self._bounded[obs.family])
+            key = (obs.family, labels)
+            series = changed.get(key)
+            if series is None:
+                current = self._data[obs.family].get(labels)
+                series = current.copy() if current is not None else self._new(family)
+                changed[key] = series
+            if family.kind == "counter":
+                series.total += obs.value
+            else:
+                i = bisect.bisect_left(family.buckets, obs.value)
+                series.buckets[i] += 1
+                series.count += 1
+                series.total += obs.value
+                if obs.trace_id:
+                    series.exemplars[i] = Exemplar(
+                        {"trace_id": obs.trace_id}, obs.value, now if now is not None else time.time()
+                    )
+        return Staged(self, changed)
+
+    @staticmethod
+    def _new(family: Family) -> Series:
+        return Series(buckets=[0] * (len(family.buckets) + 1) if family.kind == "histogram" else [])
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def value(self, family: str, labels: Sequence[str]) -> Series | None:
+        return self._data[family].get(tuple(labels))
+
+    def series(self, family: str) -> dict[tuple[str, ...], Series]:
+        return self._data[family]
+
+    def series_count(self) -> int:
+        return sum(len(v) for v in self._data.values())
+
+    def describe(self) -> Iterator[Metric]:
+        # Declares the families so registration never has to read data.
+        for family in self.families.values():
+            yield self._empty(family)
+
+    def _empty(self, family: Family) -> Metric:
+        if family.kind == "counter":
+            return CounterMetricFamily(family.name, family.help, labels=family.labels, unit=family.unit)
+        return HistogramMetricFamily(family.name, family.help, labels=family.labels, unit=family.unit)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.families.values():
+            metric = self._empty(family)
+            data = self._data[family.name]
+            if family.kind == "counter":
+                assert isinstance(metric, CounterMetricFamily)
+                for labels, s in data.items():
+                    metric.add_metric(labels, s.total)
+            else:
+                assert isinstance(metric, HistogramMetricFamily)
+                bounds = [*(_fmt(b) for b in family.buckets), "+Inf"]
+                for labels, s in data.items():
+                    cumulative = 0
+                    buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+                    for i, n in enumerate(s.buckets):
+                        cumulative += n
+                        ex = s.exemplars.get(i)
+                        buckets.append((bounds[i], cumulative, ex) if ex else (bounds[i], cumulative))
+                    metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type]
+            yield metric
+
+
+def _fmt(b: float) -> str:
+    return str(int(b)) if b == int(b) and abs(b) < 1e15 else repr(b)
+
+
+def exponential(start: float, factor: float, count: int) -> tuple[float, ...]:
+    return tuple(start * factor**i for i in range(count))
+
+
+def gauge(name: str, help: str, labels: Sequence[str], values: Iterable[tuple[Sequence[str], float]]) -> Metric:
+    g = GaugeMetricFamily(name, help, labels=labels)
+    for lv, v in values:
+        if math.isfinite(v):
+            g.add_metric(list(lv), v)
+    return g

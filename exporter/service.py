@@ -1,0 +1,128 @@
+"""Wiring: build the components from settings and run them on one asyncio loop.
+
+Dependencies are created here and passed in (database, registry, clock), so every component can be
+driven alone in tests. The service is what `collect`, `run` and `demo` start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from . import prom
+from .collector import CollectorOptions, RunCollector, TopSessions
+from .config import ConfigError, Settings, parse_listen
+from .db import ConnectOptions, Database, redact
+from .records import RunRecord
+from .source import RunsSource
+from .state import PostgresState
+from .web import Health, bound_port, build_app, serve
+from .webconfig import WebConfig, load_web_config
+
+log = logging.getLogger("agno_exporter")
+
+
+def agno_version() -> str:
+    try:
+        return version("agno")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database.url is None:
+        raise ConfigError("database.url: not set (use --db-url, DATABASE_URL or the config file)")
+    return settings.database.url.get_secret_value()
+
+
+@dataclass
+class Service:
+    """The collector, its sinks and the web server, sharing one registry."""
+
+    settings: Settings
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        url = database_url(s)
+        self.source_db = Database(ConnectOptions(
+            url, s.database.application_name, s.database.statement_timeout, s.database.connect_timeout,
+            read_only=True))
+        state_url = s.state.url.get_secret_value() if s.state.url else url
+        self.state_db = Database(ConnectOptions(
+            state_url, s.database.application_name + "-state", s.database.statement_timeout,
+            s.database.connect_timeout))
+        self.source = RunsSource(self.source_db, s.database.schema_name, s.database.runs_table_name,
+                                 s.database.session_table)
+        self.state = PostgresState(self.state_db, s.state.schema_name, self.source.key, traces=s.traces_enabled)
+        self.store = prom.new_store(s.metrics.label_value_limit)
+        self.metrics = prom.SelfMetrics(self.registry, agno_version())
+        self.wake = asyncio.Event()
+        self.trace_sink: Any = None
+        self.collector = RunCollector(
+            self.source, self.state, self.store, self.metrics,
+            CollectorOptions(
+                batch_size=s.collector.batch_size, clock_skew=s.collector.clock_skew,
+                max_lookback=s.collector.max_lookback, backfill=s.collector.backfill,
+                top_sessions=s.metrics.top_sessions, top_sessions_window=s.metrics.top_sessions_window,
+                with_content=s.traces.capture_content,
+            ),
+            on_commit=self._committed,
+        )
+        self.registry.register(self.store)
+        self.registry.register(prom.StoreStats(self.store))
+        self.registry.register(TopSessions(self.collector))
+        self.web_config = load_web_config(s.web.config_file) if s.web.config_file else WebConfig()
+        self.runner: Any = None
+        self.port = 0
+
+    def _committed(self, records: Sequence[RunRecord]) -> None:
+        if self.trace_sink is not None:
+            self.trace_sink.notify()
+
+    def health(self) -> Health:
+        def detail() -> dict[str, str]:
+            return {
+                "database": redact(database_url(self.settings)),
+                "source": self.source.key,
+                "collector": "ready" if self.collector.ready else "not ready (no successful poll yet, or database unreachable)",
+                "series": str(self.store.series_count()),
+            }
+        return Health(ready=lambda: self.collector.ready, detail=detail)
+
+    async def start(self) -> None:
+        host, port = parse_listen(self.settings.web.listen)
+        app = build_app(self.registry, self.health(), self.web_config)
+        self.runner = await serve(app, host, port, self.web_config.tls)
+        self.port = bound_port(self.runner)
+        log.info("serving /metrics on %s:%d", host, self.port)
+        if self.settings.collector.enabled:
+            self.tasks.append(asyncio.create_task(
+                self.collector.run(self.settings.collector.poll_interval, self.settings.collector.max_backoff,
+                                   self.wake), name="collector"))
+        if self.settings.traces_enabled:
+            from .tracing_wiring import start_trace_sink
+
+            self.trace_sink = start_trace_sink(self)
+            self.tasks.append(asyncio.create_task(self.trace_sink.run(), name="traces"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        await self.source_db.close()
+        await self.state_db.close()

@@ -1,0 +1,200 @@
+"""Reading agno's tables: discovery, the poll snapshot, candidate runs, and the runs themselves.
+
+All SQL against agno's schema lives here. Identifiers from config are always quoted. Reads are
+short read-only transactions, so the exporter never holds back vacuum on the app's database.
+
+Finding new finished runs without losing any (see :mod:`exporter.cursor` for the proof sketch):
+every poll first takes ``pg_current_snapshot()`` and the database clock; candidates are the runs
+in a final status whose ``updated_at`` is at or after the low watermark, listed as
+``(updated_at, run_id)`` pages (light: no JSON); only the ids not counted yet are fetched whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from .db import Database
+from .records import FINAL_STATUSES
+
+_FINAL = sorted(FINAL_STATUSES)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the database said at the start of a poll."""
+
+    now: float  # database clock, unix seconds
+    xmin: int
+    xmax: int
+    xip: tuple[int, ...]  # transactions in progress
+
+    @classmethod
+    def parse(cls, now: float, text: str) -> Snapshot:
+        xmin, xmax, xip = text.split(":")
+        return cls(now, int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which agno tables exist."""
+
+    schema: str
+    runs_table: str | None  # agno 3.x
+    sessions_table: str | None
+    sessions_has_runs: bool  # agno 2.x keeps runs in agno_sessions.runs
+
+    @property
+    def version(self) -> str:
+        if self.runs_table and self.sessions_has_runs:
+            return "mixed"
+        if self.runs_table:
+            return "v3"
+        if self.sessions_has_runs:
+            return "v2"
+        return "none"
+
+    def describe(self) -> str:
+        parts = []
+        if self.runs_table:
+            parts.append(f"{self.schema}.{self.runs_table} (agno 3.x runs table)")
+        if self.sessions_table:
+            legacy = " with a legacy runs column (agno 2.x)" if self.sessions_has_runs else ""
+            parts.append(f"{self.schema}.{self.sessions_table}{legacy}")
+        return ", ".join(parts) or f"no agno tables in schema {self.schema!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    run_id: str
+    updated_at: int
+    status: str
+
+
+RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id",
+               "parent_run_id", "status", "created_at", "updated_at")
+
+
+class RunsSource:
+    """agno 3.x: one row per run in ``<schema>.<runs_table>``."""
+
+    def __init__(self, db: Database, schema: str, runs_table: str, sessions_table: str) -> None:
+        self.db = db
+        self.schema = schema
+        self.runs_table = runs_table
+        self.sessions_table = sessions_table
+        self.key = f"{schema}.{runs_table}"
+        self._runs = sql.Identifier(schema, runs_table)
+        self._sessions = sql.Identifier(schema, sessions_table)
+        self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
+
+    async def discover(self) -> Layout:
+        return await discover(self.db, self.schema, self.runs_table, self.sessions_table)
+
+    async def snapshot(self) -> Snapshot:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "SELECT pg_current_snapshot()::text AS snap, extract(epoch FROM clock_timestamp())::float8 AS now"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return Snapshot.parse(row["now"], row["snap"])
+
+    async def candidates(self, since: float, after: tuple[int, str] | None, limit: int) -> list[Candidate]:
+        """Finished runs updated at or after ``since``, in (updated_at, run_id) order after ``after``."""
+        query = sql.SQL(
+            "SELECT run_id, updated_at, status FROM {t} WHERE status = ANY(%(final)s) AND updated_at >= %(since)s"
+            " {after} ORDER BY updated_at, run_id LIMIT %(limit)s"
+        ).format(
+            t=self._runs,
+            after=sql.SQL("AND (updated_at, run_id) > (%(au)s, %(ar)s)" if after else ""),
+        )
+        params: dict[str, Any] = {"final": _FINAL, "since": int(since), "limit": limit}
+        if after:
+            params["au"], params["ar"] = after
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, params)
+            rows = await cur.fetchall()
+        return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
+
+    async def backfill_page(self, after: str | None, limit: int) -> list[Candidate]:
+        """All finished runs by primary key: each page is an index range scan, whatever the table size."""
+        query = sql.SQL(
+            "SELECT run_id, updated_at, status FROM {t} WHERE status = ANY(%(final)s) {after}"
+            " ORDER BY run_id LIMIT %(limit)s"
+        ).format(t=self._runs, after=sql.SQL("AND run_id > %(after)s" if after is not None else ""))
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, {"final": _FINAL, "after": after, "limit": limit})
+            rows = await cur.fetchall()
+        return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
+
+    async def fetch(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Whole rows (columns + run_data) of the given runs."""
+        if not run_ids:
+            return []
+        query = sql.SQL("SELECT {cols}, run_data FROM {t} WHERE run_id = ANY(%(ids)s)").format(
+            cols=self._cols, t=self._runs
+        )
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, {"ids": list(run_ids)})
+            return await cur.fetchall()
+
+    async def ancestors(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """run id -> id of its top-level run (itself when it has no parent), following parent_run_id."""
+        if not run_ids:
+            return {}
+        query = sql.SQL(
+            "WITH RECURSIVE up(start, run_id, parent, depth) AS ("
+            " SELECT r.run_id, r.run_id, r.parent_run_id, 0 FROM {t} r WHERE r.run_id = ANY(%(ids)s)"
+            " UNION ALL"
+            " SELECT up.start, p.run_id, p.parent_run_id, up.depth + 1 FROM up JOIN {t} p ON p.run_id = up.parent"
+            " WHERE up.depth < 32)"
+            " SELECT DISTINCT ON (start) start, run_id, parent FROM up ORDER BY start, depth DESC"
+        ).format(t=self._runs)
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, {"ids": list(run_ids)})
+            rows = await cur.fetchall()
+        # A parent row that does not exist (yet) leaves `parent` set: the trace root is that parent id.
+        return {r["start"]: (r["parent"] or r["run_id"]) for r in rows}
+
+    async def sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not session_ids:
+            return []
+        query = sql.SQL(
+            "SELECT session_id, session_type, agent_id, team_id, workflow_id, user_id, agent_data, team_data,"
+            " workflow_data, session_data, created_at, updated_at FROM {t} WHERE session_id = ANY(%(ids)s)"
+        ).format(t=self._sessions)
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, {"ids": list(session_ids)})
+            return await cur.fetchall()
+
+
+async def discover(db: Database, schema: str, runs_table: str, sessions_table: str) -> Layout:
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = ANY(%s)",
+            (schema, [runs_table, sessions_table]),
+        )
+        cols: dict[str, set[str]] = {}
+        for r in await cur.fetchall():
+            cols.setdefault(r["table_name"], set()).add(r["column_name"])
+        # agno 3.x keeps the legacy `runs` column (NULL); only rows that still hold runs make it 2.x data.
+        legacy = False
+        if "runs" in cols.get(sessions_table, set()):
+            cur = await conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE runs IS NOT NULL AND runs::text <> 'null'"
+                        " AND runs::text <> '[]') AS legacy").format(t=sql.Identifier(schema, sessions_table))
+            )
+            row = await cur.fetchone()
+            legacy = bool(row and row["legacy"])
+    runs_cols = cols.get(runs_table, set())
+    return Layout(
+        schema=schema,
+        runs_table=runs_table if {"run_id", "run_data", "status", "updated_at"} <= runs_cols else None,
+        sessions_table=sessions_table if sessions_table in cols else None,
+        sessions_has_runs=legacy,
+    )

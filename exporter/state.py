@@ -1,0 +1,315 @@
+"""Durable state: which runs are counted, the totals, the cursor and the trace outbox.
+
+Lives in an exporter-owned schema (default ``agno_exporter``) of a Postgres database — agno's own
+database by default, or another one (``state.url``) when the exporter's role may only read agno's.
+
+One batch is one transaction: insert the run ids (the primary key makes a second insert a no-op,
+so a run is counted at most once, across restarts and kill -9), update the session totals, and
+write the new values of every series the batch changed. Memory is updated only after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .db import Database
+from .records import RunRecord
+from .series import SeriesRow
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A run as the state knows it."""
+
+    run_id: str
+    root_run_id: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    new_records: list[RunRecord]
+    new_sessions: list[tuple[str, str]]  # (run_type, name) of sessions seen for the first time
+
+
+# Called inside the batch transaction with what was really new; returns the series rows to write.
+Compute = Callable[[list[RunRecord], list[tuple[str, str]]], Sequence[SeriesRow]]
+
+
+class PostgresState:
+    def __init__(self, db: Database, schema: str, source: str, traces: bool = False) -> None:
+        self.db = db
+        self.traces = traces  # when off, runs are not queued in the trace outbox
+        self.source = source
+        self.schema = schema
+        self._s = sql.Identifier(schema)
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=self._s)
+
+    async def setup(self) -> None:
+        """Create the schema and tables if missing (idempotent; safe with concurrent replicas)."""
+        async with self.db.transaction() as conn:
+            # Serialise concurrent setups of replicas starting together.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('agno-exporter-setup'))")
+            for stmt in (
+                "CREATE SCHEMA IF NOT EXISTS {s}",
+                "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {s}.cursor (source text PRIMARY KEY,"
+                " low_watermark double precision NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+                "CREATE TABLE IF NOT EXISTS {s}.runs (source text NOT NULL, run_id text NOT NULL,"
+                " root_run_id text NOT NULL, status text NOT NULL, session_id text,"
+                " counted_at double precision NOT NULL, traces_exported boolean NOT NULL DEFAULT false,"
+                " PRIMARY KEY (source, run_id))",
+                "CREATE INDEX IF NOT EXISTS runs_traces_pending ON {s}.runs (source, counted_at)"
+                " WHERE NOT traces_exported",
+                "CREATE TABLE IF NOT EXISTS {s}.series (source text NOT NULL, family text NOT NULL,"
+                " labels text NOT NULL, total double precision NOT NULL, count bigint NOT NULL,"
+                " buckets bigint[] NOT NULL, PRIMARY KEY (source, family, labels))",
+                "CREATE TABLE IF NOT EXISTS {s}.sessions (source text NOT NULL, session_id text NOT NULL,"
+                " run_type text NOT NULL, name text NOT NULL, tokens bigint NOT NULL, cost double precision"
+                " NOT NULL, runs integer NOT NULL, first_seen double precision NOT NULL,"
+                " last_seen double precision NOT NULL, PRIMARY KEY (source, session_id))",
+                "CREATE INDEX IF NOT EXISTS sessions_recent ON {s}.sessions (source, last_seen)",
+                "INSERT INTO {s}.meta VALUES ('schema_version', '1') ON CONFLICT DO NOTHING",
+            ):
+                await conn.execute(self._q(stmt))
+
+    async def can_write(self) -> tuple[bool, str]:
+        """Whether this role may create/write the state schema (for `check`)."""
+        try:
+            async with self.db.transaction() as conn:
+                cur = await conn.execute(
+                    "SELECT has_database_privilege(current_database(), 'CREATE') AS create_db,"
+                    " (SELECT has_schema_privilege(%s, 'CREATE') FROM pg_namespace WHERE nspname = %s)"
+                    " AS create_schema",
+                    (self.schema, self.schema),
+                )
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            return False, str(exc).strip()
+        assert row is not None
+        if row["create_schema"] or (row["create_schema"] is None and row["create_db"]):
+            return True, f"may write its state in schema {self.schema!r}"
+        return False, f"role may not create or write schema {self.schema!r}; use state.backend: sqlite"
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def load_cursor(self) -> float:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT low_watermark FROM {s}.cursor WHERE source = %s"), (self.source,)
+            )
+            row = await cur.fetchone()
+        return float(row["low_watermark"]) if row else 0.0
+
+    async def save_cursor(self, low: float) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.cursor (source, low_watermark) VALUES (%s, %s) ON CONFLICT (source)"
+                    " DO UPDATE SET low_watermark = EXCLUDED.low_watermark, updated_at = now()"
+                ),
+                (self.source, low),
+            )
+
+    async def load_series(self) -> list[SeriesRow]:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT family, labels, total, count, buckets FROM {s}.series WHERE source = %s"),
+                (self.source,),
+            )
+            rows = await cur.fetchall()
+        return [
+            SeriesRow(r["family"], tuple(json.loads(r["labels"])), r["total"], r["count"], tuple(r["buckets"]))
+            for r in rows
+        ]
+
+    async def known(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs were already counted (or skipped as malformed)."""
+        if not run_ids:
+            return set()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%s)"),
+                (self.source, list(run_ids)),
+            )
+            return {r["run_id"] for r in await cur.fetchall()}
+
+    async def roots(self, run_ids: Sequence[str]) -> dict[str, str]:
+        if not run_ids:
+            return {}
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT run_id, root_run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%s)"),
+                (self.source, list(run_ids)),
+            )
+            return {r["run_id"]: r["root_run_id"] for r in await cur.fetchall()}
+
+    async def top_sessions(self, since: float, limit: int) -> list[tuple[str, str, str, int, float]]:
+        if limit <= 0:
+            return []
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT session_id, run_type, name, tokens, cost FROM {s}.sessions"
+                    " WHERE source = %s AND last_seen >= %s ORDER BY tokens DESC, session_id LIMIT %s"
+                ),
+                (self.source, since, limit),
+            )
+            return [(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"]) for r in await cur.fetchall()]
+
+    async def session_totals(self, session_id: str) -> dict[str, Any] | None:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT * FROM {s}.sessions WHERE source = %s AND session_id = %s"),
+                (self.source, session_id),
+            )
+            return await cur.fetchone()
+
+    # --- the batch -----------------------------------------------------------------------------
+
+    async def commit_batch(
+        self,
+        records: Sequence[RunRecord],
+        roots: dict[str, str],
+        skipped: Sequence[tuple[str, str]],
+        now: float,
+        compute: Compute,
+    ) -> BatchResult:
+        """Count ``records`` (and mark ``skipped`` (run_id, reason) as seen) in one transaction."""
+        async with self.db.transaction() as conn:
+            new_ids: set[str] = set()
+            if records:
+                cur = await conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.runs (source, run_id, root_run_id, status, session_id, counted_at,"
+                        " traces_exported) SELECT %s, *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
+                        " %s::text[], %s::float8[]) ON CONFLICT DO NOTHING RETURNING run_id"
+                    ),
+                    (
+                        self.source,
+                        not self.traces,
+                        [r.run_id for r in records],
+                        [roots.get(r.run_id, r.run_id) for r in records],
+                        [r.status for r in records],
+                        [r.session_id for r in records],
+                        [now] * len(records),
+                    ),
+                )
+                new_ids = {r["run_id"] for r in await cur.fetchall()}
+            if skipped:
+                # Malformed rows are remembered so they are neither re-parsed every poll nor counted later.
+                await conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.runs (source, run_id, root_run_id, status, counted_at, traces_exported)"
+                        " SELECT %s, id, id, 'SKIPPED:' || reason, %s, true"
+                        " FROM unnest(%s::text[], %s::text[]) AS t(id, reason) ON CONFLICT DO NOTHING"
+                    ),
+                    (self.source, now, [s[0] for s in skipped], [s[1] for s in skipped]),
+                )
+            fresh = [r for r in records if r.run_id in new_ids]
+            new_sessions = await self._sessions(conn, fresh, now)
+            rows = compute(fresh, new_sessions)
+            if rows:
+                await conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.series (source, family, labels, total, count, buckets)"
+                        " SELECT %s, f, l, t, c, string_to_array(b, ',')::bigint[]"
+                        " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::int8[], %s::text[]) AS x(f, l, t, c, b)"
+                        " ON CONFLICT (source, family, labels) DO UPDATE SET total = EXCLUDED.total,"
+                        " count = EXCLUDED.count, buckets = EXCLUDED.buckets"
+                    ),
+                    (
+                        self.source,
+                        [r.family for r in rows],
+                        [r.key for r in rows],
+                        [r.total for r in rows],
+                        [r.count for r in rows],
+                        [",".join(map(str, r.buckets)) for r in rows],
+                    ),
+                )
+        return BatchResult(fresh, new_sessions)
+
+    async def _sessions(
+        self, conn: psycopg.AsyncConnection[dict[str, Any]], records: Sequence[RunRecord], now: float
+    ) -> list[tuple[str, str]]:
+        """Add the runs to their sessions' totals; return (run_type, name) of sessions that are new."""
+        agg: dict[str, list[Any]] = {}
+        for r in records:
+            if not r.session_id:
+                continue
+            tokens = r.totals.get("input", 0) + r.totals.get("output", 0)
+            a = agg.get(r.session_id)
+            if a is None:
+                # A session is named after its top-level run (the member runs of a team share it).
+                agg[r.session_id] = [r.run_type, r.name, tokens, r.cost_usd, 1, r.parent_run_id is None]
+            else:
+                a[2] += tokens
+                a[3] += r.cost_usd
+                a[4] += 1
+                if not a[5] and r.parent_run_id is None:
+                    a[0], a[1], a[5] = r.run_type, r.name, True
+        if not agg:
+            return []
+        ids = list(agg)
+        cur = await conn.execute(
+            self._q(
+                "INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost, runs,"
+                " first_seen, last_seen)"
+                " SELECT %s, sid, rt, nm, tk, co, n, %s, %s"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::float8[], %s::int[], %s::bool[])"
+                " AS x(sid, rt, nm, tk, co, n, top)"
+                " ON CONFLICT (source, session_id) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens,"
+                " cost = s.cost + EXCLUDED.cost, runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen"
+                " RETURNING (xmax = 0) AS inserted, run_type, name"
+            ),
+            (
+                self.source, now, now, ids,
+                [agg[i][0] for i in ids], [agg[i][1] for i in ids], [agg[i][2] for i in ids],
+                [agg[i][3] for i in ids], [agg[i][4] for i in ids], [agg[i][5] for i in ids],
+            ),
+        )
+        return [(r["run_type"], r["name"]) for r in await cur.fetchall() if r["inserted"]]
+
+    # --- trace outbox --------------------------------------------------------------------------
+
+    async def pending_traces(self, limit: int) -> list[Counted]:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT run_id, root_run_id, status FROM {s}.runs WHERE source = %s AND NOT traces_exported"
+                    " ORDER BY counted_at, run_id LIMIT %s"
+                ),
+                (self.source, limit),
+            )
+            return [Counted(r["run_id"], r["root_run_id"], r["status"]) for r in await cur.fetchall()]
+
+    async def mark_traces_exported(self, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                self._q("UPDATE {s}.runs SET traces_exported = true WHERE source = %s AND run_id = ANY(%s)"),
+                (self.source, list(run_ids)),
+            )
+
+    async def count_pending_traces(self) -> int:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT count(*) AS n FROM {s}.runs WHERE source = %s AND NOT traces_exported"),
+                (self.source,),
+            )
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
+
+Setup = Callable[[], Awaitable[None]]

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support import PgServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    server = PgServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def db_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database on the real server, dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def sim_url() -> Iterator[str]:
+    """The project's simulated OpenAI-compatible model, on a loop of its own for the whole session."""
+    from exporter.simllm import SimSettings, start_server
+    from support import ThreadLoop
+
+    loop = ThreadLoop()
+    server = loop.run(start_server(SimSettings(ttft=0.03, per_token=0.001, seed=7)))
+    yield server.url
+    loop.run(server.close())
+    loop.close()

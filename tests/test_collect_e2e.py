@@ -1,0 +1,143 @@
+"""End to end: real agno runs in real Postgres -> collector -> /metrics equals agno's own numbers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+from agno_app import AgnoApp
+from scrape import Samples, scrape_text
+
+from exporter.config import load_settings
+from exporter.records import TOKEN_FIELDS
+from exporter.service import Service
+
+
+def make_service(db_url: str, **sections: dict[str, Any]) -> Service:
+    overrides: dict[str, dict[str, Any]] = {
+        "database": {"url": db_url},
+        "web": {"listen": "127.0.0.1:0"},
+        "collector": {"poll_interval": "100ms"},
+    }
+    for k, v in sections.items():
+        overrides.setdefault(k, {}).update(v)
+    return Service(load_settings(None, environ={}, overrides=overrides))
+
+
+async def wait_counted(service: Service, n: int, timeout: float = 20) -> None:
+    for _ in range(int(timeout / 0.05)):
+        total = sum(v.total for v in service.store.series("agno_runs").values())
+        if total >= n and service.collector.ready:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {n} runs counted, have {total}")
+
+
+def stored_runs(db_url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(db_url, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute(
+            "SELECT run_id, session_id, run_type, status, parent_run_id FROM ai.agno_runs ORDER BY created_at"
+        ).fetchall()
+
+
+def test_metrics_equal_agno_api(db_url: str, sim_url: str) -> None:
+    async def main() -> None:
+        app = AgnoApp(db_url, sim_url)
+        try:
+            await scenario(app)
+        finally:
+            await app.close()
+
+    async def scenario(app: AgnoApp) -> None:
+        agent = app.agent()
+        team = app.team()
+        plain = app.agent("PlainAgent", tools=False)
+        broken = app.agent("BrokenAgent", base_url="http://127.0.0.1:9/v1")
+        await app.run(agent)  # tool call, non-streamed
+        await app.run(agent, stream=True)  # streamed
+        sess = (await app.run(plain)).session_id
+        await app.run(plain, "And tomorrow?", session_id=sess)  # second run in the same session
+        await app.run(team)  # team leader + member run
+        await app.run(broken)  # ERROR run
+        runs = stored_runs(db_url)
+        assert len(runs) == 7
+
+        # What agno's own API reports for each run.
+        by_type: dict[str, Any] = {"agent": agent, "team": team}
+        truth = []
+        for r in runs:
+            out = await by_type[r["run_type"]].aget_run_output(run_id=r["run_id"], session_id=r["session_id"])
+            assert out is not None and out.metrics is not None
+            truth.append((r, out))
+
+        service = make_service(db_url)
+        await service.start()
+        try:
+            await wait_counted(service, len(runs))
+            s = Samples(await scrape_text(service.port))
+        finally:
+            await service.stop()
+
+        tokens: dict[tuple[str, str], int] = defaultdict(int)
+        count: dict[tuple[str, str], int] = defaultdict(int)
+        dur: dict[tuple[str, str], list[float]] = defaultdict(list)
+        ttft: dict[str, list[float]] = defaultdict(list)
+        tools: dict[tuple[str, str], int] = defaultdict(int)
+        names = {"agent": {}, "team": {}}
+        for r, out in truth:
+            name = getattr(out, "agent_name", None) or getattr(out, "team_name", None)
+            assert name
+            m = out.metrics
+            for f, ttype in TOKEN_FIELDS:
+                tokens[(name, ttype)] += getattr(m, f)
+            count[(name, r["status"])] += 1
+            if m.duration is not None:
+                dur[(name, r["status"])].append(m.duration)
+            if m.time_to_first_token is not None:
+                ttft[name].append(m.time_to_first_token)
+            for t in out.tools or []:
+                tools[(name, t.tool_name)] += 1
+            names[r["run_type"]][name] = True
+
+        exported_tokens = s.group("agno_tokens_total", "name", "token_type")
+        for key, n in tokens.items():
+            assert exported_tokens.get(key, 0) == n, key
+        assert sum(exported_tokens.values()) == sum(tokens.values())
+        assert s.group("agno_runs_total", "name", "status") == {k: float(v) for k, v in count.items()}
+        for (name, status), values in dur.items():
+            assert s.sum("agno_run_duration_seconds_count", name=name, status=status) == len(values)
+            assert abs(s.sum("agno_run_duration_seconds_sum", name=name, status=status) - sum(values)) < 1e-9
+        for name, values in ttft.items():
+            assert s.sum("agno_run_time_to_first_token_seconds_count", name=name) == len(values)
+            assert abs(s.sum("agno_run_time_to_first_token_seconds_sum", name=name) - sum(values)) < 1e-9
+        assert s.group("agno_tool_calls_total", "name", "tool") == {k: float(v) for k, v in tools.items()}
+        assert s.sum("agno_runs_total", run_type="team") == 1
+        assert s.sum("agno_runs_total", status="ERROR", name="BrokenAgent") == 1
+
+        # Per model call: token histogram sums equal the run totals (agno sums its messages).
+        assert s.sum("gen_ai_client_token_usage_sum", gen_ai_token_type="input") == sum(
+            v for (_, t), v in tokens.items() if t == "input")
+        calls = [msg for _, out in truth for msg in out.messages or []
+                 if msg.role == "assistant" and not msg.from_history]
+        assert s.sum("agno_model_calls_total") == len(calls)
+        # agno stores a message's duration for non-streamed calls and its TTFT where it measured one.
+        timed = [m.metrics.duration for m in calls if m.metrics and m.metrics.duration is not None]
+        assert s.sum("gen_ai_client_operation_duration_seconds_count") == len(timed)
+        assert abs(s.sum("gen_ai_client_operation_duration_seconds_sum") - sum(timed)) < 1e-9
+        firsts = [m.metrics.time_to_first_token for m in calls
+                  if m.metrics and m.metrics.time_to_first_token is not None]
+        assert s.sum("gen_ai_server_time_to_first_token_seconds_count") == len(firsts)
+        assert abs(s.sum("gen_ai_server_time_to_first_token_seconds_sum") - sum(firsts)) < 1e-9
+
+        # Sessions: agno's session metrics equal the sum of the session's runs (run one after another).
+        assert s.sum("agno_sessions_total") == len({r["session_id"] for r in runs})
+        top = {labels["session_id"]: v for labels, v in s.by_name["agno_session_top_tokens"]}
+        for session_id in {r["session_id"] for r in runs}:
+            runner = team if any(r["run_type"] == "team" and r["session_id"] == session_id for r in runs) else agent
+            sm = await runner.aget_session_metrics(session_id=session_id)
+            expected = (sm.input_tokens + sm.output_tokens) if sm else 0
+            assert top.get(session_id, 0) == expected, session_id
+
+    asyncio.run(main())
