@@ -88,7 +88,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
     from .check import run_check
 
     settings = _settings(args)
-    return await run_check(settings, sys.stdout)
+    return int(await run_check(settings, sys.stdout))
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -123,8 +123,8 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.what == "runs":
-        return await show_run(settings, args.id, sys.stdout)
-    return await show_session(settings, args.id, sys.stdout)
+        return int(await show_run(settings, args.id, sys.stdout))
+    return int(await show_session(settings, args.id, sys.stdout))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "config", None) is None and os.environ.get("AGNO_EXPORTER_CONFIG"):
         args.config = Path(os.environ["AGNO_EXPORTER_CONFIG"])
     try:
-        return asyncio.run(args.func(args))
+        return int(asyncio.run(args.func(args)))
     except ConfigError as exc:
         print(f"agno-exporter: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ reports ``agno_exporter_up 0``, backs off, reconnects and catches up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -26,7 +27,7 @@ from .cursor import Watermark
 from .ids import trace_id_hex
 from .records import BadRow, RunRecord, build_run_record
 from .series import Observation, SeriesRow, SeriesStore
-from .source import Candidate, RunsSource
+from .source import Candidate, RunsSource, Snapshot
 from .state import PostgresState
 
 log = logging.getLogger("agno_exporter.collector")
@@ -74,6 +75,7 @@ class RunCollector:
         self.top: list[tuple[str, str, str, int, float]] = []
         self.started = False
         self.ready = False
+        self._waiting_logged = False
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -90,6 +92,27 @@ class RunCollector:
             await self.start()
         result = PollResult()
         snap = await self.source.snapshot()
+        try:
+            await self._read(snap, result)
+        except psycopg.errors.UndefinedTable:
+            # agno creates its tables on first use: an app that has not run yet is not an error.
+            if not self._waiting_logged:
+                log.warning("no table %s yet: waiting for agno to create it", self.source.key)
+                self._waiting_logged = True
+            return result
+        self._waiting_logged = False
+        low, clamped = self.watermark.advance(snap)
+        if clamped:
+            self.m.lookback_clamped.inc()
+            log.warning("an open transaction is older than collector.max_lookback; the re-read window is clamped")
+        await self.state.save_cursor(low)
+        self.m.watermark.set(low)
+        if self.opts.top_sessions:
+            self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
+                                                     self.opts.top_sessions)
+        return result
+
+    async def _read(self, snap: Snapshot, result: PollResult) -> None:
         if self.watermark.low == 0.0:
             if self.opts.backfill:
                 await self._backfill(result)
@@ -106,16 +129,6 @@ class RunCollector:
                 if len(page) < self.opts.batch_size:
                     break
                 after = (page[-1].updated_at, page[-1].run_id)
-        low, clamped = self.watermark.advance(snap)
-        if clamped:
-            self.m.lookback_clamped.inc()
-            log.warning("an open transaction is older than collector.max_lookback; the re-read window is clamped")
-        await self.state.save_cursor(low)
-        self.m.watermark.set(low)
-        if self.opts.top_sessions:
-            self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
-                                                     self.opts.top_sessions)
-        return result
 
     async def _backfill(self, result: PollResult) -> None:
         after: str | None = None
@@ -206,10 +219,8 @@ class RunCollector:
             if wake is None:
                 await asyncio.sleep(interval)
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
-                except TimeoutError:
-                    pass
                 wake.clear()
 
 

@@ -293,14 +293,14 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    environ: Mapping[str, str] = os.environ
 
 
-def _env_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    name = loader.construct_scalar(node)  # type: ignore[arg-type]
-    if name not in os.environ:
+def _env_tag(loader: _Loader, node: yaml.Node) -> str:
+    name = str(loader.construct_scalar(node))  # type: ignore[arg-type,unused-ignore]
+    if name not in loader.environ:
         raise ConfigError(f"!env {name}: the environment variable is not set")
-    return os.environ[str(name)]
+    return loader.environ[name]
 
 
 def _file_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
@@ -311,7 +311,7 @@ def _file_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
         raise ConfigError(f"!file {path}: {exc.strerror}") from None
 
 
-_Loader.add_constructor("!env", _env_tag)
+_Loader.add_constructor("!env", _env_tag)  # type: ignore[arg-type,unused-ignore]
 _Loader.add_constructor("!file", _file_tag)
 
 # Environment variables that map onto settings without the AGNO_EXPORTER_ prefix.
@@ -340,7 +340,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]
             section, key = _SHORT_ENV[rest]
         elif "__" in rest:
             section, _, key = rest.lower().partition("__")
-            if section not in sections or section == "scheduler" and key == "jobs":
+            if section not in sections or (section == "scheduler" and key == "jobs"):
                 errors.append(f"{name}: unknown setting (section {section!r})")
                 continue
         else:
@@ -380,8 +380,9 @@ def load_settings(
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        loader = type("_BoundLoader", (_Loader,), {"environ": environ})
         try:
-            loaded = yaml.load(text, Loader=_Loader)
+            loaded = yaml.load(text, Loader=loader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -40,5 +40,5 @@ def start_embedded(datadir: str | Path) -> EmbeddedPostgres:
     # The server listens on a Unix socket inside datadir; its path must stay under ~100 characters.
     if len(str(path)) > 90:
         raise EmbeddedUnavailable(f"data directory path too long for a Unix socket: {path}")
-    server = pgserver.get_server(path, cleanup_mode="stop")
+    server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]
     return EmbeddedPostgres(url=server.get_uri(), datadir=path, _server=server)

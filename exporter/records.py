@@ -356,9 +356,8 @@ def _token_anomalies(where: Mapping[str, Any], totals: Mapping[str, int]) -> lis
     """Checks that can be stated exactly (see the [signals] docs)."""
     found = []
     total = where.get("total_tokens")
-    if isinstance(total, int) and totals["input"] and totals["output"]:
-        if total != totals["input"] + totals["output"]:
-            found.append("total_mismatch")
+    if isinstance(total, int) and totals["input"] and totals["output"] and total != totals["input"] + totals["output"]:
+        found.append("total_mismatch")
     if totals["cache_read"] > totals["input"] > 0:
         found.append("cache_exceeds_input")
     if totals["reasoning"] > totals["output"] > 0:
@@ -369,7 +368,7 @@ def _token_anomalies(where: Mapping[str, Any], totals: Mapping[str, int]) -> lis
 def _model_calls(
     messages: list[Any], model: str, provider: str, with_content: bool
 ) -> tuple[ModelCall, ...]:
-    calls = []
+    calls: list[ModelCall] = []
     for i, msg in enumerate(messages):
         msg = _obj(msg, f"messages[{i}]")
         if msg.get("role") != "assistant" or msg.get("from_history") is True:
@@ -401,7 +400,7 @@ def _model_calls(
 
 
 def _tool_calls(tools: list[Any], sanitized: list[str]) -> tuple[ToolCall, ...]:
-    calls = []
+    calls: list[ToolCall] = []
     for i, tool in enumerate(tools):
         tool = _obj(tool, f"tools[{i}]")
         metrics = _obj(tool.get("metrics"), f"tools[{i}].metrics")

@@ -228,7 +228,7 @@ class SeriesStore(Collector):
                         cumulative += n
                         ex = s.exemplars.get(i)
                         buckets.append((bounds[i], cumulative, ex) if ex else (bounds[i], cumulative))
-                    metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type]
+                    metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type,unused-ignore]
             yield metric
 
 

@@ -93,7 +93,8 @@ class Service:
             return {
                 "database": redact(database_url(self.settings)),
                 "source": self.source.key,
-                "collector": "ready" if self.collector.ready else "not ready (no successful poll yet, or database unreachable)",
+                "collector": "ready" if self.collector.ready
+                else "not ready (no successful poll yet, or database unreachable)",
                 "series": str(self.store.series_count()),
             }
         return Health(ready=lambda: self.collector.ready, detail=detail)
@@ -109,10 +110,23 @@ class Service:
                 self.collector.run(self.settings.collector.poll_interval, self.settings.collector.max_backoff,
                                    self.wake), name="collector"))
         if self.settings.traces_enabled:
-            from .tracing_wiring import start_trace_sink
-
-            self.trace_sink = start_trace_sink(self)
+            self.trace_sink = self._trace_sink()
             self.tasks.append(asyncio.create_task(self.trace_sink.run(), name="traces"))
+
+    def _trace_sink(self) -> Any:
+        from .outbox import StateOutbox
+        from .traces import TraceSink, make_resource, make_span_exporter
+
+        t = self.settings.traces
+        self.span_exporter = make_span_exporter(t.endpoint, t.protocol)
+        return TraceSink(
+            StateOutbox(self.state, self.source, with_content=t.capture_content),
+            self.span_exporter,
+            resource=make_resource(t.resource_attributes),
+            registry=self.registry,
+            batch_size=t.batch_size,
+            capture_content=t.capture_content,
+        )
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -121,6 +135,9 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks.clear()
+        if self.trace_sink is not None:
+            self.span_exporter.shutdown()
+            self.trace_sink = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

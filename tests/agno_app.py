@@ -15,7 +15,6 @@ from agno.db.postgres import PostgresDb
 from agno.models.openai import OpenAIChat
 from agno.run.base import RunStatus
 from agno.team import Team
-
 from support import sqlalchemy_url
 
 DONE = {RunStatus.completed, RunStatus.error, RunStatus.cancelled}

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import PgServer  # noqa: E402
+from support import PgServer
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +29,9 @@ def db_url(pg_server: PgServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sim_url() -> Iterator[str]:
     """The project's simulated OpenAI-compatible model, on a loop of its own for the whole session."""
-    from exporter.simllm import SimSettings, start_server
     from support import ThreadLoop
+
+    from exporter.simllm import SimSettings, start_server
 
     loop = ThreadLoop()
     server = loop.run(start_server(SimSettings(ttft=0.03, per_token=0.001, seed=7)))

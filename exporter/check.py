@@ -1,0 +1,62 @@
+"""`agno-exporter check`: validate the config, connect, and say what was found.
+
+Exit status 0 when the exporter could run as configured, 1 otherwise; each problem is one line.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+import psycopg
+
+from .config import Settings
+from .db import ConnectOptions, Database, redact
+from .source import discover
+from .state import PostgresState
+
+
+async def run_check(settings: Settings, out: TextIO) -> int:
+    ok = True
+
+    def say(mark: str, text: str) -> None:
+        print(f"[{mark}] {text}", file=out)
+
+    say("ok", "configuration is valid")
+    if settings.database.url is None:
+        say("FAIL", "database.url: not set (use --db-url, DATABASE_URL or the config file)")
+        return 1
+    url = settings.database.url.get_secret_value()
+    db = Database(ConnectOptions(url, settings.database.application_name, settings.database.statement_timeout,
+                                 settings.database.connect_timeout, read_only=True))
+    try:
+        conn = await db.conn()
+        say("ok", f"connected to {redact(url)} (PostgreSQL {conn.info.server_version // 10000})")
+        layout = await discover(db, settings.database.schema_name, settings.database.runs_table_name,
+                                settings.database.session_table)
+        if layout.version == "none":
+            say("FAIL", f"database: {layout.describe()} (check database.schema / database.session_table)")
+            ok = False
+        else:
+            say("ok", f"agno layout {layout.version}: {layout.describe()}")
+            if layout.version == "v2":
+                say("FAIL", "agno 2.x layout (runs inside agno_sessions) is not collected by this version yet")
+                ok = False
+    except psycopg.Error as exc:
+        say("FAIL", f"database.url: cannot connect or read: {redact(str(exc)).strip()}")
+        return 1
+    finally:
+        await db.close()
+
+    state_url = settings.state.url.get_secret_value() if settings.state.url else url
+    state_db = Database(ConnectOptions(state_url, settings.database.application_name + "-state",
+                                       settings.database.statement_timeout, settings.database.connect_timeout))
+    try:
+        writable, why = await PostgresState(state_db, settings.state.schema_name, "check").can_write()
+        say("ok" if writable else "FAIL", f"state: {why}")
+        ok = ok and writable
+    except psycopg.Error as exc:
+        say("FAIL", f"state.url: cannot connect: {redact(str(exc)).strip()}")
+        ok = False
+    finally:
+        await state_db.close()
+    return 0 if ok else 1

@@ -1,0 +1,46 @@
+"""The durable trace outbox: runs counted but not yet delivered as spans, kept in the state store.
+
+A run enters the outbox in the same transaction that counts it; the trace sink marks it exported
+only after the backend accepted its spans. Records are re-read from agno's table by run id, so the
+outbox holds ids, not spans, and memory stays bounded however long the backend is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from .records import BadRow, build_run_record
+from .source import RunsSource
+from .state import PostgresState
+from .traces import PendingTrace
+
+log = logging.getLogger("agno_exporter.traces")
+
+
+class StateOutbox:
+    def __init__(self, state: PostgresState, source: RunsSource, with_content: bool = False) -> None:
+        self.state = state
+        self.source = source
+        self.with_content = with_content
+
+    async def pending(self, limit: int) -> Sequence[PendingTrace]:
+        counted = await self.state.pending_traces(limit)
+        rows = {r["run_id"]: r for r in await self.source.fetch([c.run_id for c in counted])}
+        out: list[PendingTrace] = []
+        gone: list[str] = []
+        for c in counted:
+            row = rows.get(c.run_id)
+            try:
+                if row is None:
+                    raise BadRow("row_gone", "the run's row was deleted from agno's table")
+                out.append(PendingTrace(build_run_record(row, row.get("run_data"), with_content=self.with_content),
+                                        c.root_run_id))
+            except BadRow as exc:
+                log.warning("no spans for run %s: %s", c.run_id, exc)
+                gone.append(c.run_id)
+        await self.state.mark_traces_exported(gone)
+        return out
+
+    async def mark_exported(self, run_ids: Sequence[str]) -> None:
+        await self.state.mark_traces_exported(run_ids)

@@ -1,0 +1,88 @@
+"""Config: strict schema, errors that name the field, env overrides, secrets by indirection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_settings, parse_duration
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_reproduce_the_seed() -> None:
+    s = load_settings(None, environ={})
+    (job,) = s.scheduler.jobs
+    assert job.agent is not None and job.agent.name == "BackgroundMetricsAgent"
+    assert job.agent.model.id == "gpt-4o-mini" and job.agent.tools == ("yfinance",)
+    assert job.prompt == "What is the stock price of AAPL?"
+    assert s.database.schema_name == "ai" and s.database.runs_table_name == "agno_runs"
+
+
+def test_custom_session_table_names_the_runs_table() -> None:
+    s = load_settings(None, environ={}, overrides={"database": {"session_table": "my_sessions"}})
+    assert s.database.runs_table_name == "my_sessions_runs"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("collector:\n  poll_intervall: 5s\n", "collector.poll_intervall: unknown key"),
+        ("collector:\n  poll_interval: soon\n", "collector.poll_interval: 'soon' is not a duration"),
+        ("collector:\n  poll_interval: 1ms\n", "collector.poll_interval: must be at least 50ms"),
+        ("web:\n  listen: nowhere\n", "web.listen: 'nowhere' is not host:port"),
+        ("database:\n  schema: 'ai; drop'\n", "database.schema: 'ai; drop' is not a plain SQL identifier"),
+        ("metrics:\n  label_value_limit: 0\n", "metrics.label_value_limit"),
+        ("scheduler:\n  jobs:\n    - name: a\n      prompt: hi\n",
+         "scheduler.jobs.0: give exactly one of agent or team"),
+        ("scheduler:\n  jobs:\n    - name: a\n      prompt: hi\n      agent: {name: A, tools: [hammer]}\n"
+         "      interval: 5s\n", "scheduler.jobs.0.agent.tools: unknown tool(s) ['hammer']"),
+        ("scheduler:\n  jobs:\n    - name: a\n      prompt: hi\n      agent: {name: A}\n      cron: '99 * * * *'\n",
+         "scheduler.jobs.0: cron '99 * * * *'"),
+        ("nonsense: 1\n", "nonsense: unknown key"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+    ],
+)
+def test_every_error_names_its_field(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert needle in str(info.value)
+
+
+def test_all_errors_are_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "collector:\n  batch_size: -1\n  poll_interval: x\n"), environ={})
+    assert "collector.batch_size" in str(info.value) and "collector.poll_interval" in str(info.value)
+
+
+def test_environment_overrides_and_rejects_unknown_variables() -> None:
+    env = {"DATABASE_URL": "postgresql://u:secret@db/agno", "AGNO_EXPORTER_COLLECTOR__POLL_INTERVAL": "2s",
+           "AGNO_EXPORTER_LISTEN": "127.0.0.1:9999"}
+    s = load_settings(None, environ=env)
+    assert s.collector.poll_interval == 2.0 and s.web.listen == "127.0.0.1:9999"
+    assert s.database.url is not None and "secret" not in repr(s) and "secret" not in str(s.database)
+    with pytest.raises(ConfigError, match="AGNO_EXPORTER_COLECTOR__POLL_INTERVAL: unknown setting"):
+        load_settings(None, environ={"AGNO_EXPORTER_COLECTOR__POLL_INTERVAL": "2s"})
+    with pytest.raises(ConfigError, match="AGNO_EXPORTER_POLLING: unknown variable"):
+        load_settings(None, environ={"AGNO_EXPORTER_POLLING": "2s"})
+
+
+def test_secrets_by_indirection(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("postgresql://u:filesecret@db/agno\n")
+    s = load_settings(write(tmp_path, f"database:\n  url: !file {tmp_path / 'pw'}\n"), environ={})
+    assert s.database.url is not None and s.database.url.get_secret_value() == "postgresql://u:filesecret@db/agno"
+    s = load_settings(write(tmp_path, "database:\n  url: !env MY_DB\n"), environ={"MY_DB": "postgresql://x"})
+    with pytest.raises(ConfigError, match="!env NOPE_NOT_SET"):
+        load_settings(write(tmp_path, "database:\n  url: !env NOPE_NOT_SET\n"), environ={})
+
+
+def test_durations() -> None:
+    assert parse_duration("250ms") == 0.25 and parse_duration("2m") == 120 and parse_duration(3) == 3.0
+    assert parse_duration("1.5h") == 5400
+    with pytest.raises(ValueError):
+        parse_duration("-1s")

@@ -1,0 +1,166 @@
+"""records.py: agno's stored JSON -> typed records. Pure; real rows from agno 3.1.10 plus hand-made bad ones."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytest
+from reference import runs_v3, sessions_v3
+
+from exporter.records import BadRow, build_run_record, build_session_record, provider_name
+
+
+def by_prefix(prefix: str) -> dict[str, Any]:
+    return next(r for r in runs_v3() if r["run_id"].startswith(prefix))
+
+
+def test_agent_run_with_tool_call() -> None:
+    row = by_prefix("485a6b32")
+    r = build_run_record(row, row["run_data"])
+    assert (r.run_type, r.name, r.status, r.entity_id) == ("agent", "BackgroundMetricsAgent", "COMPLETED",
+                                                           "backgroundmetricsagent")
+    assert r.totals["input"] == 300 and r.totals["output"] == 40 and r.totals["cache_read"] == 0
+    assert {(t.model_role, t.model, t.provider, t.token_type, t.count) for t in r.tokens} == {
+        ("model", "gpt-4o-mini", "openai", "input", 300), ("model", "gpt-4o-mini", "openai", "output", 40)}
+    assert [c.input_tokens for c in r.model_calls] == [150, 150]
+    assert r.model_calls[0].tool_call_ids == ("call_1",)
+    assert r.model_calls[1].time_to_first_token == pytest.approx(0.20702255700001615)
+    assert r.time_to_first_token == pytest.approx(0.34369816000003084)
+    (tool,) = r.tool_calls
+    assert (tool.name, tool.call_id, tool.error) == ("get_stock_price", "call_1", False)
+    assert tool.start_time == pytest.approx(1795523262.448956) and tool.end_time == pytest.approx(1795523262.4493754)
+    assert r.error_type is None and r.anomalies == ()
+    assert r.input_content is None  # content only on request
+
+
+def test_team_and_member_runs_do_not_double_count() -> None:
+    team = build_run_record(by_prefix("33c13799"), by_prefix("33c13799")["run_data"])
+    member = build_run_record(by_prefix("06655f9a"), by_prefix("06655f9a")["run_data"])
+    assert (team.run_type, team.name) == ("team", "FinanceTeam")
+    assert (member.run_type, member.name, member.parent_run_id) == ("agent", "StockAgent", team.run_id)
+    # the session's stored total (680) is the leader's own tokens plus the member's
+    session = next(s for s in sessions_v3() if s["session_id"] == team.session_id)
+    stored = build_session_record(session)
+    assert team.totals["input"] + team.totals["output"] + member.totals["input"] + member.totals["output"] == (
+        stored.totals["input"] + stored.totals["output"]) == 680
+
+
+def test_failed_delegation_is_a_tool_error() -> None:
+    r = build_run_record(by_prefix("a294fee3"), by_prefix("a294fee3")["run_data"])
+    assert [(t.name, t.error) for t in r.tool_calls] == [("delegate_task_to_member", True)]
+
+
+def test_error_run_has_only_duration() -> None:
+    r = build_run_record(by_prefix("0080d6cb"), by_prefix("0080d6cb")["run_data"])
+    assert r.status == "ERROR" and r.error_type == "APIConnectionError" and r.error_message == "Connection error."
+    assert r.tokens == () and r.model_calls == () and r.duration == pytest.approx(0.0911427129999538)
+    assert r.time_to_first_token is None
+
+
+def test_content_is_captured_only_when_asked() -> None:
+    row = by_prefix("485a6b32")
+    r = build_run_record(row, row["run_data"], with_content=True)
+    assert r.input_content == "What is the stock price of AAPL?"
+    assert r.output_content == "AAPL is trading at 123.45 USD."
+
+
+def test_provider_names_follow_genai_conventions() -> None:
+    assert provider_name("OpenAI Chat") == provider_name("OpenAI") == "openai"
+    assert provider_name("Anthropic") == "anthropic"
+    assert provider_name("Some New Provider") == "some_new_provider"
+    assert provider_name(None) == "unknown"
+
+
+def mutate(path: str, value: Any) -> tuple[dict[str, Any], Any]:
+    row = copy.deepcopy(by_prefix("485a6b32"))
+    target: Any = row["run_data"]
+    keys = path.split(".")
+    for k in keys[:-1]:
+        target = target[int(k)] if isinstance(target, list) else target[k]
+    target[keys[-1] if not isinstance(target, list) else int(keys[-1])] = value
+    return row, row["run_data"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        ("metrics.input_tokens", -5, "negative"),
+        ("metrics.input_tokens", "300", "wrong_type"),
+        ("metrics.input_tokens", 1.5, "wrong_type"),
+        ("metrics.duration", math.nan, "not_finite"),
+        ("metrics.duration", math.inf, "not_finite"),
+        ("metrics.time_to_first_token", True, "wrong_type"),
+        ("metrics", [], "wrong_type"),
+        ("metrics.details", "model", "wrong_type"),
+        ("messages", {"role": "assistant"}, "wrong_type"),
+        ("tools.0.metrics.start_time", "yesterday", "wrong_type"),
+        ("messages.1.metrics.output_tokens", -1, "negative"),
+    ],
+)
+def test_malformed_values_are_rejected_with_a_reason(path: str, value: Any, reason: str) -> None:
+    row, data = mutate(path, value)
+    with pytest.raises(BadRow) as info:
+        build_run_record(row, data)
+    assert info.value.reason == reason
+    assert path.split(".")[-1] in str(info.value) or reason in str(info.value)
+
+
+@pytest.mark.parametrize("run_data", [None, [], "text", 42])
+def test_run_data_must_be_an_object(run_data: Any) -> None:
+    with pytest.raises(BadRow) as info:
+        build_run_record({"run_id": "x", "status": "COMPLETED"}, run_data)
+    assert info.value.reason == "run_data_not_object"
+
+
+def test_unknown_status_and_missing_id() -> None:
+    row = copy.deepcopy(by_prefix("485a6b32"))
+    row["status"] = "EXPLODED"
+    with pytest.raises(BadRow, match="unknown_status"):
+        build_run_record(row, row["run_data"])
+    with pytest.raises(BadRow, match="missing_run_id"):
+        build_run_record({"status": "COMPLETED"}, {})
+
+
+def test_names_with_control_characters_are_sanitised() -> None:
+    row, data = mutate("agent_name", "Bad\x00Agent\n" + "x" * 300)
+    r = build_run_record(row, data)
+    assert r.name.isprintable() and len(r.name) <= 128
+    assert set(r.sanitized) == {"control_chars", "too_long"}
+    row, data = mutate("agent_name", "Agente ñandú 🚀")
+    assert build_run_record(row, data).name == "Agente ñandú 🚀"
+
+
+def test_absent_metrics_mean_zero() -> None:
+    r = build_run_record({"run_id": "r1", "status": "COMPLETED", "run_type": "agent"}, {"agent_name": "A"})
+    assert all(v == 0 for v in r.totals.values()) and r.tokens == () and r.duration is None
+
+
+def test_token_anomalies_are_flagged() -> None:
+    row, data = mutate("metrics.total_tokens", 999)
+    assert "total_mismatch" in build_run_record(row, data).anomalies
+    row, data = mutate("metrics.cache_read_tokens", 5000)
+    assert "cache_exceeds_input" in build_run_record(row, data).anomalies
+
+
+def test_details_below_run_total_keep_run_total_exact() -> None:
+    row, data = mutate("metrics.input_tokens", 350)  # details still say 300
+    r = build_run_record(row, data)
+    assert sum(t.count for t in r.tokens if t.token_type == "input") == 350
+    assert "details_below_total" in r.anomalies
+
+
+def test_reported_cost_is_kept() -> None:
+    row, data = mutate("metrics.details.model.0.cost", 0.0021)
+    r = build_run_record(row, data)
+    assert r.cost_usd == pytest.approx(0.0021) and r.costs[0].model == "gpt-4o-mini"
+
+
+def test_workflow_tokens_come_from_step_rows() -> None:
+    r = build_run_record(
+        {"run_id": "w1", "status": "COMPLETED", "run_type": "workflow", "workflow_id": "wf"},
+        {"workflow_name": "Pipeline", "metrics": {"duration": 3.5, "steps": {"research": {}, "write": {}}}},
+    )
+    assert (r.run_type, r.name, r.duration) == ("workflow", "Pipeline", 3.5)
+    assert r.tokens == () and r.workflow_step_names == ("research", "write")
