@@ -25,7 +25,8 @@ from prometheus_client.registry import Collector as PromCollector
 from . import prom
 from .cursor import Watermark
 from .ids import trace_id_hex
-from .records import BadRow, RunRecord, build_run_record
+from .prices import PriceTable
+from .records import BadRow, RunRecord, build_run_record, clean_label
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, RunsSource, Snapshot
 from .state import PostgresState
@@ -42,6 +43,8 @@ class CollectorOptions:
     top_sessions: int = 10
     top_sessions_window: float = 86400.0
     with_content: bool = False
+    prices: PriceTable | None = None
+    stuck_after: float = 900.0
 
 
 @dataclass
@@ -73,6 +76,7 @@ class RunCollector:
         self.on_commit = on_commit
         self.watermark = Watermark(max_lookback=options.max_lookback)
         self.top: list[tuple[str, str, str, int, float]] = []
+        self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
         self.started = False
         self.ready = False
         self._waiting_logged = False
@@ -110,6 +114,11 @@ class RunCollector:
         if self.opts.top_sessions:
             self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
                                                      self.opts.top_sessions)
+        self.open_runs = [
+            (r["run_type"] or "", clean_label(r["name"], "unnamed", []), r["status"], int(r["n"]), int(r["stuck"]),
+             max(0.0, snap.now - float(r["oldest"] or snap.now)))
+            for r in await self.source.open_runs(snap.now, self.opts.stuck_after)
+        ]
         return result
 
     async def _read(self, snap: Snapshot, result: PollResult) -> None:
@@ -167,7 +176,7 @@ class RunCollector:
         def compute(fresh: list[RunRecord], new_sessions: list[tuple[str, str]]) -> list[SeriesRow]:
             obs: list[Observation] = []
             for rec in fresh:
-                obs.extend(prom.observations(rec, trace_ids[rec.run_id]))
+                obs.extend(prom.observations(rec, trace_ids[rec.run_id], self.opts.prices))
             obs.extend(prom.new_session_observations(new_sessions))
             staged = self.store.stage(obs, now)
             staged_box.append(staged)
@@ -235,3 +244,4 @@ class TopSessions(PromCollector):
 
     def collect(self) -> Iterator[Metric]:
         yield from prom.top_sessions_metrics(self.collector.top)
+        yield from prom.open_runs_metrics(self.collector.open_runs, self.collector.opts.stuck_after)

@@ -113,6 +113,8 @@ class CollectorSettings(_Strict):
     max_lookback: Duration = 3600.0
     backfill: bool = True
     max_backoff: Duration = 60.0
+    # A run PENDING/RUNNING for longer than this counts as stuck (agno#4174); well above normal durations.
+    stuck_after: Duration = 900.0
 
     @field_validator("poll_interval")
     @classmethod
@@ -131,8 +133,20 @@ class StateSettings(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class PriceSpec(_Strict):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+
 class MetricsSettings(_Strict):
     label_value_limit: int = Field(default=300, ge=1, le=100_000)
+    # model id (or id prefix) -> price; merged over the shipped, dated table unless default_prices is off
+    prices: dict[str, PriceSpec] = Field(default_factory=dict)
+    default_prices: bool = True
     top_sessions: int = Field(default=10, ge=0, le=1000)
     top_sessions_window: Duration = 86400.0
 

@@ -16,7 +16,8 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .records import RunRecord
+from .prices import PriceTable
+from .records import RunRecord, TokenUsage
 from .series import Family, Observation, SeriesStore, exponential, gauge
 
 TOKEN_BUCKETS = exponential(1, 4, 14)  # 1 .. 67108864
@@ -38,6 +39,9 @@ FAMILIES: tuple[Family, ...] = (
            "Cost in US dollars: as reported by the provider (source=reported) or estimated from the "
            "price table (source=estimated).",
            ("run_type", "name", "model", "provider", "source")),
+    Family("agno_cost_unpriced_runs", "counter",
+           "Runs with tokens of a model that has neither a reported cost nor a price in the price table.",
+           ("model", "provider")),
     Family("agno_run_duration_seconds", "histogram", "Run duration as agno measured it.",
            ("run_type", "name", "status"), RUN_DURATION_BUCKETS, "seconds"),
     Family("agno_run_time_to_first_token_seconds", "histogram",
@@ -74,7 +78,7 @@ def new_store(label_value_limit: int) -> SeriesStore:
     return SeriesStore(FAMILIES, label_value_limit, BOUNDED_LABELS)
 
 
-def observations(record: RunRecord, trace_id: str | None) -> Iterator[Observation]:
+def observations(record: RunRecord, trace_id: str | None, prices: PriceTable | None = None) -> Iterator[Observation]:
     """Everything one finished run adds to the persisted families."""
     rt, name = record.run_type, record.name
     yield Observation("agno_runs", (rt, name, record.status), 1)
@@ -84,6 +88,8 @@ def observations(record: RunRecord, trace_id: str | None) -> Iterator[Observatio
         yield Observation("agno_token_anomalies", (kind, record.provider, record.model), 1)
     for c in record.costs:
         yield Observation("agno_cost_usd", (rt, name, c.model, c.provider, "reported"), c.usd)
+    if prices is not None:
+        yield from _estimated_cost(record, prices)
     if record.duration is not None:
         yield Observation("agno_run_duration_seconds", (rt, name, record.status), record.duration, trace_id)
     if record.time_to_first_token is not None:
@@ -108,6 +114,21 @@ def observations(record: RunRecord, trace_id: str | None) -> Iterator[Observatio
         if tool.duration is not None:
             yield Observation("gen_ai_execute_tool_duration_seconds",
                               (tool.name, name, "ToolCallError" if tool.error else ""), tool.duration, trace_id)
+
+
+def _estimated_cost(record: RunRecord, prices: PriceTable) -> Iterator[Observation]:
+    """Estimate the cost of each model's tokens that no reported cost covers."""
+    reported = {(c.model, c.provider) for c in record.costs}
+    per_model: dict[tuple[str, str], list[TokenUsage]] = {}
+    for t in record.tokens:
+        if (t.model, t.provider) not in reported:
+            per_model.setdefault((t.model, t.provider), []).append(t)
+    for (model, provider), usages in per_model.items():
+        usd = prices.estimate(usages)
+        if usd is None:
+            yield Observation("agno_cost_unpriced_runs", (model, provider), 1)
+        elif usd > 0:
+            yield Observation("agno_cost_usd", (record.run_type, record.name, model, provider, "estimated"), usd)
 
 
 def new_session_observations(new_sessions: Iterable[tuple[str, str]]) -> Iterator[Observation]:
@@ -173,6 +194,19 @@ class StoreStats(Collector):
         for (metric, label), n in sorted(folded.items()):
             c.add_metric([metric, label], n)
         yield c
+
+
+def open_runs_metrics(rows: Sequence[tuple[str, str, str, int, int, float]], stuck_after: float) -> Iterator[Metric]:
+    """Runs agno has not finished: in progress, stuck (older than collector.stuck_after), oldest age."""
+    labels = ["run_type", "name", "status"]
+    yield gauge("agno_runs_in_progress", "Runs PENDING or RUNNING in agno's table at the last poll.", labels,
+                [((rt, nm, st), n) for rt, nm, st, n, _, _ in rows])
+    yield gauge("agno_runs_stuck", f"Runs PENDING or RUNNING for longer than {stuck_after:g}s "
+                "(collector.stuck_after) at the last poll.", labels,
+                [((rt, nm, st), stuck) for rt, nm, st, _, stuck, _ in rows])
+    yield gauge("agno_runs_oldest_in_progress_age_seconds",
+                "Age of the oldest PENDING or RUNNING run (since its creation) at the last poll.", labels,
+                [((rt, nm, st), age) for rt, nm, st, _, _, age in rows])
 
 
 def top_sessions_metrics(rows: Sequence[tuple[str, str, str, int, float]]) -> Iterator[Metric]:

@@ -20,6 +20,7 @@ from . import prom
 from .collector import CollectorOptions, RunCollector, TopSessions
 from .config import ConfigError, Settings, parse_listen
 from .db import ConnectOptions, Database, redact
+from .prices import Price, PriceTable
 from .records import RunRecord
 from .source import RunsSource
 from .state import PostgresState
@@ -74,6 +75,11 @@ class Service:
                 max_lookback=s.collector.max_lookback, backfill=s.collector.backfill,
                 top_sessions=s.metrics.top_sessions, top_sessions_window=s.metrics.top_sessions_window,
                 with_content=s.traces.capture_content,
+                stuck_after=s.collector.stuck_after,
+                prices=PriceTable(
+                    {k.lower(): Price(p.input, p.output, p.cached_input, p.cache_write)
+                     for k, p in s.metrics.prices.items()},
+                    defaults=s.metrics.default_prices),
             ),
             on_commit=self._committed,
         )

@@ -160,6 +160,23 @@ class RunsSource:
         # A parent row that does not exist (yet) leaves `parent` set: the trace root is that parent id.
         return {r["start"]: (r["parent"] or r["run_id"]) for r in rows}
 
+    async def open_runs(self, now: float, stuck_after: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Runs still PENDING/RUNNING, grouped by type/name/status: how many, how many stuck, oldest start.
+
+        agno indexes ``status``, so this reads only the open runs, whatever the table size; names are
+        taken from the JSON of those rows only.
+        """
+        query = sql.SQL(
+            "SELECT run_type, coalesce(run_data->>'agent_name', run_data->>'team_name', run_data->>'workflow_name',"
+            " agent_id, team_id, workflow_id, '') AS name, status, count(*) AS n,"
+            " count(*) FILTER (WHERE created_at < %(cutoff)s) AS stuck, min(created_at) AS oldest"
+            " FROM {t} WHERE status = ANY(%(open)s) GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT %(limit)s"
+        ).format(t=self._runs)
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, {"cutoff": int(now - stuck_after), "open": ["PENDING", "RUNNING"],
+                                             "limit": limit})
+            return await cur.fetchall()
+
     async def sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
         if not session_ids:
             return []

@@ -1,0 +1,65 @@
+"""Cost: reported when agno stored it, otherwise the price table's arithmetic; unknown models counted."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from reference import runs_v3
+
+from exporter import prom
+from exporter.prices import Price, PriceTable
+from exporter.records import TokenUsage, build_run_record
+
+
+def record(cost: float | None = None, model: str = "gpt-4o-mini", cache_read: int = 0):  # type: ignore[no-untyped-def]
+    row = copy.deepcopy(next(r for r in runs_v3() if r["run_id"].startswith("485a6b32")))
+    entry = row["run_data"]["metrics"]["details"]["model"][0]
+    entry["id"] = model
+    row["run_data"]["model"] = model
+    if cost is not None:
+        entry["cost"] = cost
+    if cache_read:
+        entry["cache_read_tokens"] = cache_read
+        row["run_data"]["metrics"]["cache_read_tokens"] = cache_read
+    return build_run_record(row, row["run_data"])
+
+
+def costs(rec, prices: PriceTable) -> dict[tuple[str, ...], float]:  # type: ignore[no-untyped-def]
+    out: dict[tuple[str, ...], float] = {}
+    for o in prom.observations(rec, None, prices):
+        if o.family in ("agno_cost_usd", "agno_cost_unpriced_runs"):
+            out[(o.family, *o.labels)] = out.get((o.family, *o.labels), 0) + o.value
+    return out
+
+
+def test_estimate_is_the_price_tables_arithmetic() -> None:
+    # 300 input, 40 output tokens of gpt-4o-mini at $0.15 / $0.60 per million
+    got = costs(record(), PriceTable())
+    key = ("agno_cost_usd", "agent", "BackgroundMetricsAgent", "gpt-4o-mini", "openai", "estimated")
+    assert got == {key: pytest.approx((300 * 0.15 + 40 * 0.60) / 1e6)}
+
+
+def test_cached_tokens_at_the_cached_price() -> None:
+    got = costs(record(cache_read=100), PriceTable())
+    key = ("agno_cost_usd", "agent", "BackgroundMetricsAgent", "gpt-4o-mini", "openai", "estimated")
+    assert got[key] == pytest.approx((200 * 0.15 + 100 * 0.075 + 40 * 0.60) / 1e6)
+
+
+def test_reported_cost_wins() -> None:
+    got = costs(record(cost=0.0042), PriceTable())
+    assert got == {("agno_cost_usd", "agent", "BackgroundMetricsAgent", "gpt-4o-mini", "openai", "reported"): 0.0042}
+
+
+def test_unknown_model_is_counted_not_guessed() -> None:
+    got = costs(record(model="mystery-model-9"), PriceTable())
+    assert got == {("agno_cost_unpriced_runs", "mystery-model-9", "openai"): 1}
+
+
+def test_overrides_and_dated_variants() -> None:
+    table = PriceTable({"mystery-model": Price(1.0, 2.0)})
+    assert table.lookup("mystery-model-9") == Price(1.0, 2.0)
+    assert table.lookup("gpt-4o-mini-2024-07-18") == table.prices["gpt-4o-mini"]  # longest prefix wins
+    assert table.lookup("openai/gpt-4o") == table.prices["gpt-4o"]
+    usage = [TokenUsage("model", "mystery-model-9", "x", "input", 1_000_000)]
+    assert table.estimate(usage) == pytest.approx(1.0)

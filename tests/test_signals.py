@@ -1,0 +1,78 @@
+"""Signals agno itself gets wrong: runs stuck in PENDING/RUNNING, and cost (see test_prices.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+from scrape import Samples, scrape_text
+from support import sqlalchemy_url
+from test_collect_e2e import make_service
+
+AGENT_PROCESS = textwrap.dedent("""
+    import asyncio, sys
+    from agno.agent import Agent
+    from agno.db.postgres import PostgresDb
+    from agno.models.openai import OpenAIChat
+
+    async def main():
+        agent = Agent(name="SlowAgent", model=OpenAIChat(id="gpt-4o-mini", base_url=sys.argv[2], api_key="sim",
+                      max_retries=0), db=PostgresDb(db_url=sys.argv[1]), telemetry=False)
+        await agent.arun("Think slowly [sim:ttft=60]", background=True)
+        await asyncio.sleep(120)
+
+    asyncio.run(main())
+""")
+
+
+def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: str, sim_url: str,
+                                                                      tmp_path: Path) -> None:
+    script = tmp_path / "agent_app.py"
+    script.write_text(AGENT_PROCESS)
+    proc = subprocess.Popen([sys.executable, str(script), sqlalchemy_url(db_url), sim_url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        status = None
+        while time.monotonic() < deadline and status != "RUNNING":
+            time.sleep(0.1)
+            try:
+                with psycopg.connect(db_url) as conn:
+                    row = conn.execute("SELECT status FROM ai.agno_runs").fetchone()
+                    status = row[0] if row else None
+            except psycopg.errors.UndefinedTable:
+                continue
+        assert status == "RUNNING", "the agent process never started its run"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # the app dies: agno never finishes the run
+        proc.wait(10)
+
+    async def main() -> None:
+        service = make_service(db_url, collector={"stuck_after": "1s"})
+        await service.start()
+        try:
+            await asyncio.sleep(1.5)
+            s = Samples(await scrape_text(service.port))
+            assert s.sum("agno_runs_stuck", name="SlowAgent", status="RUNNING") == 1
+            assert s.sum("agno_runs_in_progress", name="SlowAgent") == 1
+            assert s.sum("agno_runs_oldest_in_progress_age_seconds", name="SlowAgent") >= 1
+            assert s.sum("agno_runs_total") == 0
+            # Someone finishes it (agno's cancel/cleanup, or an operator): it is counted normally and
+            # is no longer stuck.
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute("UPDATE ai.agno_runs SET status = 'CANCELLED',"
+                             " updated_at = extract(epoch FROM now())::bigint")
+            await asyncio.sleep(0.5)
+            s = Samples(await scrape_text(service.port))
+            assert s.sum("agno_runs_stuck") == 0 and s.sum("agno_runs_in_progress") == 0
+            assert s.sum("agno_runs_total", name="SlowAgent", status="CANCELLED") == 1
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
