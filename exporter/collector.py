@@ -26,7 +26,7 @@ from . import prom
 from .cursor import Watermark
 from .ids import trace_id_hex
 from .prices import PriceTable
-from .records import BadRow, RunRecord, build_run_record, clean_label
+from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, RunsSource, Snapshot
 from .state import PostgresState
@@ -45,6 +45,9 @@ class CollectorOptions:
     with_content: bool = False
     prices: PriceTable | None = None
     stuck_after: float = 900.0
+    # agno writes a session's totals after the run's row; compare only once they have had time to settle
+    session_settle: float = 5.0
+    max_pending_session_checks: int = 10_000
 
 
 @dataclass
@@ -80,6 +83,7 @@ class RunCollector:
         self.started = False
         self.ready = False
         self._waiting_logged = False
+        self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -114,6 +118,7 @@ class RunCollector:
         if self.opts.top_sessions:
             self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
                                                      self.opts.top_sessions)
+        await self._check_sessions(snap.now)
         self.open_runs = [
             (r["run_type"] or "", clean_label(r["name"], "unnamed", []), r["status"], int(r["n"]), int(r["stuck"]),
              max(0.0, snap.now - float(r["oldest"] or snap.now)))
@@ -191,10 +196,55 @@ class RunCollector:
                 self.m.rows_sanitized.labels(reason).inc()
         for _, reason in skipped:
             self.m.rows_skipped.labels(reason).inc()
+        for rec in batch.new_records:
+            if rec.session_id and len(self._session_checks) < self.opts.max_pending_session_checks:
+                self._session_checks[rec.session_id] = now
         result.counted += len(batch.new_records)
         result.skipped += len(skipped)
         if self.on_commit and batch.new_records:
             self.on_commit(batch.new_records)
+
+    async def _check_sessions(self, now: float) -> None:
+        """Compare agno's stored session totals with the sum of the session's runs (agno can lose updates).
+
+        A session is compared once all its runs are finished and counted, and a settle time after
+        its last run was counted. Each disagreeing session is counted once and logged once.
+        """
+        due = [sid for sid, t in self._session_checks.items() if now - t >= self.opts.session_settle]
+        if not due:
+            return
+        counts = await self.source.session_run_counts(due)
+        ours = await self.state.sessions_by_id(due)
+        complete = [sid for sid in due
+                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] == ours[sid]["runs"]]
+        disagreeing: dict[str, tuple[int, int]] = {}
+        for row in await self.source.sessions(complete):
+            try:
+                stored = build_session_record(row)
+            except BadRow as exc:
+                log.warning("session %s: unreadable session_metrics: %s", row.get("session_id"), exc)
+                continue
+            mine = ours[stored.session_id]
+            claimed = stored.totals["input"] + stored.totals["output"]
+            if claimed != mine["tokens"] and not mine["disagreement"]:
+                disagreeing[stored.session_id] = (claimed, int(mine["tokens"]))
+        for sid in due:
+            self._session_checks.pop(sid, None)
+        if not disagreeing:
+            return
+        staged_box: list[Any] = []
+
+        def compute(newly: list[tuple[str, str, str]]) -> list[SeriesRow]:
+            staged = self.store.stage(
+                [Observation("agno_session_disagreements", (rt, nm), 1) for _, rt, nm in newly], now)
+            staged_box.append(staged)
+            return staged.rows()
+
+        await self.state.flag_disagreements(list(disagreeing), compute)
+        staged_box[-1].apply()
+        for sid, (claimed, summed) in disagreeing.items():
+            log.warning("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d "
+                        "(exported totals come from the runs)", sid, claimed, summed)
 
     # --- the loop ------------------------------------------------------------------------------
 

@@ -115,6 +115,8 @@ class CollectorSettings(_Strict):
     max_backoff: Duration = 60.0
     # A run PENDING/RUNNING for longer than this counts as stuck (agno#4174); well above normal durations.
     stuck_after: Duration = 900.0
+    # agno saves a session's totals after its run's row: compare them this long after the last run counted
+    session_check_delay: Duration = 5.0
 
     @field_validator("poll_interval")
     @classmethod

@@ -76,6 +76,7 @@ class Service:
                 top_sessions=s.metrics.top_sessions, top_sessions_window=s.metrics.top_sessions_window,
                 with_content=s.traces.capture_content,
                 stuck_after=s.collector.stuck_after,
+                session_settle=s.collector.session_check_delay,
                 prices=PriceTable(
                     {k.lower(): Price(p.input, p.output, p.cached_input, p.cache_write)
                      for k, p in s.metrics.prices.items()},

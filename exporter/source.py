@@ -177,6 +177,20 @@ class RunsSource:
                                              "limit": limit})
             return await cur.fetchall()
 
+    async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """session id -> (finished runs, open runs) in agno's table (session_id is indexed by agno)."""
+        if not session_ids:
+            return {}
+        query = sql.SQL(
+            "SELECT session_id, count(*) FILTER (WHERE status = ANY(%(final)s)) AS final,"
+            " count(*) FILTER (WHERE status = ANY(%(open)s)) AS open FROM {t}"
+            " WHERE session_id = ANY(%(ids)s) GROUP BY session_id"
+        ).format(t=self._runs)
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, {"final": _FINAL, "open": ["PENDING", "RUNNING", "PAUSED"],
+                                             "ids": list(session_ids)})
+            return {r["session_id"]: (int(r["final"]), int(r["open"])) for r in await cur.fetchall()}
+
     async def sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
         if not session_ids:
             return []

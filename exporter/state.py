@@ -42,6 +42,8 @@ class BatchResult:
 
 # Called inside the batch transaction with what was really new; returns the series rows to write.
 Compute = Callable[[list[RunRecord], list[tuple[str, str]]], Sequence[SeriesRow]]
+# Called inside the transaction with the (session_id, run_type, name) newly found disagreeing.
+Compute2 = Callable[[list[tuple[str, str, str]]], Sequence[SeriesRow]]
 
 
 class PostgresState:
@@ -79,6 +81,7 @@ class PostgresState:
                 " NOT NULL, runs integer NOT NULL, first_seen double precision NOT NULL,"
                 " last_seen double precision NOT NULL, PRIMARY KEY (source, session_id))",
                 "CREATE INDEX IF NOT EXISTS sessions_recent ON {s}.sessions (source, last_seen)",
+                "ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS disagreement boolean NOT NULL DEFAULT false",
                 "INSERT INTO {s}.meta VALUES ('schema_version', '1') ON CONFLICT DO NOTHING",
             ):
                 await conn.execute(self._q(stmt))
@@ -167,6 +170,29 @@ class PostgresState:
             )
             return [(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"]) for r in await cur.fetchall()]
 
+    async def sessions_by_id(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not session_ids:
+            return {}
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT session_id, run_type, name, tokens, runs, disagreement FROM {s}.sessions"
+                        " WHERE source = %s AND session_id = ANY(%s)"),
+                (self.source, list(session_ids)),
+            )
+            return {r["session_id"]: r for r in await cur.fetchall()}
+
+    async def flag_disagreements(self, session_ids: Sequence[str], compute: Compute2) -> None:
+        """Mark sessions as disagreeing and write the counter series in the same transaction."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("UPDATE {s}.sessions SET disagreement = true WHERE source = %s AND session_id = ANY(%s)"
+                        " AND NOT disagreement RETURNING session_id, run_type, name"),
+                (self.source, list(session_ids)),
+            )
+            newly = [(r["session_id"], r["run_type"], r["name"]) for r in await cur.fetchall()]
+            rows = compute(newly)
+            await self._write_series(conn, rows)
+
     async def session_totals(self, session_id: str) -> dict[str, Any] | None:
         async with self.db.transaction() as conn:
             cur = await conn.execute(
@@ -219,25 +245,29 @@ class PostgresState:
             fresh = [r for r in records if r.run_id in new_ids]
             new_sessions = await self._sessions(conn, fresh, now)
             rows = compute(fresh, new_sessions)
-            if rows:
-                await conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.series (source, family, labels, total, count, buckets)"
-                        " SELECT %s, f, l, t, c, string_to_array(b, ',')::bigint[]"
-                        " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::int8[], %s::text[]) AS x(f, l, t, c, b)"
-                        " ON CONFLICT (source, family, labels) DO UPDATE SET total = EXCLUDED.total,"
-                        " count = EXCLUDED.count, buckets = EXCLUDED.buckets"
-                    ),
-                    (
-                        self.source,
-                        [r.family for r in rows],
-                        [r.key for r in rows],
-                        [r.total for r in rows],
-                        [r.count for r in rows],
-                        [",".join(map(str, r.buckets)) for r in rows],
-                    ),
-                )
+            await self._write_series(conn, rows)
         return BatchResult(fresh, new_sessions)
+
+    async def _write_series(self, conn: psycopg.AsyncConnection[dict[str, Any]], rows: Sequence[SeriesRow]) -> None:
+        if not rows:
+            return
+        await conn.execute(
+            self._q(
+                "INSERT INTO {s}.series (source, family, labels, total, count, buckets)"
+                " SELECT %s, f, l, t, c, string_to_array(b, ',')::bigint[]"
+                " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::int8[], %s::text[]) AS x(f, l, t, c, b)"
+                " ON CONFLICT (source, family, labels) DO UPDATE SET total = EXCLUDED.total,"
+                " count = EXCLUDED.count, buckets = EXCLUDED.buckets"
+            ),
+            (
+                self.source,
+                [r.family for r in rows],
+                [r.key for r in rows],
+                [r.total for r in rows],
+                [r.count for r in rows],
+                [",".join(map(str, r.buckets)) for r in rows],
+            ),
+        )
 
     async def _sessions(
         self, conn: psycopg.AsyncConnection[dict[str, Any]], records: Sequence[RunRecord], now: float

@@ -76,3 +76,46 @@ def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: st
             await service.stop()
 
     asyncio.run(main())
+
+
+def test_concurrent_runs_of_one_session_make_agnos_session_totals_disagree(db_url: str, sim_url: str) -> None:
+    """The trap in ../shared/reference: agno's stored session totals lose updates under concurrency."""
+    import uuid
+
+    from agno_app import AgnoApp
+
+    async def main() -> None:
+        app = AgnoApp(db_url, sim_url)
+        try:
+            team = app.team()
+            session_id = str(uuid.uuid4())
+            await asyncio.gather(*(app.run(team, session_id=session_id) for _ in range(3)))
+            stored = await team.aget_session_metrics(session_id=session_id)
+        finally:
+            await app.close()
+        with psycopg.connect(db_url) as conn:
+            runs_total = conn.execute(
+                "SELECT sum((run_data->'metrics'->>'input_tokens')::bigint + (run_data->'metrics'->>'output_tokens')"
+                "::bigint) FROM ai.agno_runs WHERE session_id = %s", (session_id,)).fetchone()[0]  # type: ignore[index]
+        assert stored is not None
+        claimed = stored.input_tokens + stored.output_tokens
+        service = make_service(db_url, collector={"session_check_delay": "100ms"})
+        await service.start()
+        try:
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                s = Samples(await scrape_text(service.port))
+                if s.sum("agno_runs_total") == 6 and (claimed == runs_total or s.sum("agno_session_disagreements_total")):
+                    break
+            # exported totals come from the runs, whatever agno's session row claims
+            assert s.sum("agno_tokens_total", token_type="input") + s.sum("agno_tokens_total", token_type="output") \
+                == runs_total
+            top = {labels["session_id"]: v for labels, v in s.by_name["agno_session_top_tokens"]}
+            assert top[session_id] == runs_total
+            expected = 0 if claimed == runs_total else 1
+            assert s.sum("agno_session_disagreements_total", run_type="team", name="FinanceTeam") == expected
+            assert claimed != runs_total, "agno's lost update did not reproduce this time"
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
