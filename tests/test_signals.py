@@ -105,7 +105,8 @@ def test_concurrent_runs_of_one_session_make_agnos_session_totals_disagree(db_ur
             for _ in range(50):
                 await asyncio.sleep(0.1)
                 s = Samples(await scrape_text(service.port))
-                if s.sum("agno_runs_total") == 6 and (claimed == runs_total or s.sum("agno_session_disagreements_total")):
+                settled = claimed == runs_total or s.sum("agno_session_disagreements_total")
+                if s.sum("agno_runs_total") == 6 and settled:
                     break
             # exported totals come from the runs, whatever agno's session row claims
             assert s.sum("agno_tokens_total", token_type="input") + s.sum("agno_tokens_total", token_type="output") \
