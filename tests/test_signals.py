@@ -57,8 +57,12 @@ def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: st
         service = make_service(db_url, collector={"stuck_after": "1s"})
         await service.start()
         try:
-            await asyncio.sleep(1.5)
-            s = Samples(await scrape_text(service.port))
+            # agno's created_at is whole seconds: "older than 1s" shows within 2s of the run's start
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                s = Samples(await scrape_text(service.port))
+                if s.sum("agno_runs_stuck"):
+                    break
             assert s.sum("agno_runs_stuck", name="SlowAgent", status="RUNNING") == 1
             assert s.sum("agno_runs_in_progress", name="SlowAgent") == 1
             assert s.sum("agno_runs_oldest_in_progress_age_seconds", name="SlowAgent") >= 1
