@@ -35,7 +35,8 @@ def setup_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log.level.upper())
-    for noisy in ("httpx", "apscheduler.executors.default", "aiohttp.access"):
+    for noisy in ("httpx", "httpx2", "apscheduler.executors.default", "apscheduler.scheduler",
+                  "aiohttp.access", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -214,7 +214,7 @@ class JobSpec(_Strict):
     cron: str | None = None
     jitter: Duration = 0.0
     max_in_flight: int = Field(default=1, ge=1, le=1000)
-    misfire_grace_time: Duration = 30.0
+    misfire_grace_time: Duration = Field(default=30.0, ge=1.0)  # APScheduler 3 takes whole seconds
     session: Literal["per_run", "shared"] = "per_run"
     user_id: str | None = None
 
@@ -227,10 +227,10 @@ class JobSpec(_Strict):
         if self.interval is not None and self.interval < 0.1:
             raise ValueError("interval must be at least 100ms")
         if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
+            from .scheduler import cron_trigger  # the same parser the scheduler uses (0 or 7 = Sunday)
 
             try:
-                CronTrigger.from_crontab(self.cron)
+                cron_trigger(self.cron)
             except ValueError as exc:
                 raise ValueError(f"cron {self.cron!r}: {exc}") from None
         return self

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import psycopg
 from prometheus_client import CollectorRegistry
 
 from . import prom
@@ -118,7 +119,21 @@ class Service:
                                    self.wake), name="collector"))
         if self.settings.traces_enabled:
             self.trace_sink = self._trace_sink()
-            self.tasks.append(asyncio.create_task(self.trace_sink.run(), name="traces"))
+            self.tasks.append(asyncio.create_task(self._run_traces(self.trace_sink), name="traces"))
+
+    async def _run_traces(self, sink: Any) -> None:
+        """The outbox lives in the state schema, which may not exist yet on a fresh database: create it
+        (idempotent, serialised with the collector's setup) before the first pass."""
+        delay = 0.5
+        while True:
+            try:
+                await self.trace_state.setup()
+                break
+            except (psycopg.Error, OSError) as exc:
+                log.warning("traces: state schema not ready (%s); retrying in %.1fs", str(exc).strip(), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        await sink.run()
 
     def _trace_sink(self) -> Any:
         from .outbox import StateOutbox
@@ -126,8 +141,14 @@ class Service:
 
         t = self.settings.traces
         self.span_exporter = make_span_exporter(t.endpoint, t.protocol)
+        # The sink runs concurrently with the collector: it gets connections of its own, since
+        # transactions of two tasks on one connection would interleave.
+        self.trace_dbs = (Database(self.source_db.opts), Database(self.state_db.opts))
+        source = RunsSource(self.trace_dbs[0], self.source.schema, self.source.runs_table, self.source.sessions_table)
+        state = PostgresState(self.trace_dbs[1], self.state.schema, self.source.key, traces=True)
+        self.trace_state = state
         return TraceSink(
-            StateOutbox(self.state, self.source, with_content=t.capture_content),
+            StateOutbox(state, source, with_content=t.capture_content),
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
             registry=self.registry,
@@ -145,6 +166,8 @@ class Service:
         if self.trace_sink is not None:
             self.span_exporter.shutdown()
             self.trace_sink = None
+            for db in self.trace_dbs:
+                await db.close()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None

@@ -1,0 +1,315 @@
+"""The probe scheduler: firing on schedule, the overlap bound, misfires, failed starts, shutdown.
+
+Runs are real agno runs on the simulated model, stored in a real Postgres, read back by the real
+collector; only the pure scheduling tests use a fake runner. Intervals are fractions of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CollectorRegistry
+from sched_support import (
+    FakeRunners,
+    job,
+    make_service,
+    real_factory,
+    sample,
+    scheduler,
+    stored,
+    until,
+)
+from scrape import Samples, scrape_text
+
+from exporter.agents import (
+    LlmTarget,
+    RunnerFactory,
+    ToolFailure,
+    YFinancePrice,
+    build_runner,
+    choose_llm,
+)
+from exporter.config import ConfigError, JobSpec, load_settings
+from exporter.scheduler import _crontab_dow, cron_trigger
+
+FAST = "Say hello."
+SLOW = "Say hello slowly. [sim:ttft=1.0]"
+
+
+def counted_runs(service: Any) -> float:
+    return sum(v.total for v in service.store.series("agno_runs").values())
+
+
+# --------------------------------------------------------------------------------- real runs
+
+
+@pytest.mark.slow
+def test_jobs_fire_on_schedule_and_runs_are_collected(db_url: str, sim_url: str) -> None:
+    async def main() -> None:
+        service = make_service(db_url)
+        await service.start()
+        sched = scheduler([job("alpha", FAST, 0.3), job("beta", FAST, 0.3, session="shared")],
+                          real_factory(db_url, sim_url), service.registry)
+        try:
+            sched.start()
+            await asyncio.sleep(1.6)
+            await sched.stop(timeout=10)
+            fired = {name: sched.stats(name).fired for name in sched.job_names}
+            skipped = {name: sched.stats(name).skipped_overlap for name in sched.job_names}
+            for name, n in fired.items():
+                # Every 0.3 s for 1.6 s; the very first run may overlap the next firing (agno creates
+                # its tables then), which is skipped and counted.
+                assert 3 <= n + skipped[name] <= 7 and n >= 2, (name, n, skipped[name])
+                assert sched.stats(name).finished == n
+            rows = stored(db_url)
+            assert len(rows) == sum(fired.values())
+            assert {r["status"] for r in rows} == {"COMPLETED"}
+            await until(lambda: counted_runs(service) >= len(rows))
+            s = Samples(await scrape_text(service.port))
+        finally:
+            await sched.stop()
+            await service.stop()
+        assert s.sum("agno_runs_total", name="AlphaAgent", status="COMPLETED") == fired["alpha"]
+        assert s.sum("agno_runs_total", name="BetaAgent", status="COMPLETED") == fired["beta"]
+        assert s.sum("agno_tokens_total", name="AlphaAgent") > 0
+        for name, n in fired.items():
+            assert s.sum("agno_exporter_scheduled_runs_fired_total", job=name) == n
+            assert s.sum("agno_exporter_scheduled_runs_in_flight", job=name) == 0
+            assert s.sum("agno_exporter_scheduled_runs_skipped_total", job=name, reason="overlap") == skipped[name]
+            assert s.sum("agno_exporter_scheduled_runs_skipped_total", job=name, reason="misfire") == 0
+        # session: shared -> one session for all of beta's runs; per_run -> one session per run
+        assert s.sum("agno_sessions_total", name="BetaAgent") == 1
+        assert s.sum("agno_sessions_total", name="AlphaAgent") == fired["alpha"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_overlap_bound_skips_and_counts(db_url: str, sim_url: str) -> None:
+    async def main() -> None:
+        registry = CollectorRegistry()
+        sched = scheduler([job("slow", SLOW, 0.1, max_in_flight=2)], real_factory(db_url, sim_url), registry)
+        seen: list[float] = []
+        sched.start()
+        try:
+            end = time.monotonic() + 1.8
+            while time.monotonic() < end:
+                seen.append(sample(registry, "agno_exporter_scheduled_runs_in_flight", job="slow"))
+                assert sched.in_flight("slow") <= 2
+                await asyncio.sleep(0.02)
+        finally:
+            await sched.stop(timeout=10)
+        stats = sched.stats("slow")
+        assert max(seen) == 2
+        assert stats.skipped_overlap > 5  # fires every 0.1 s, each run takes more than 1 s
+        assert sample(registry, "agno_exporter_scheduled_runs_skipped_total", job="slow", reason="overlap") == \
+            stats.skipped_overlap
+        assert 2 <= stats.fired <= 4
+        rows = stored(db_url)
+        assert len(rows) == stats.fired
+        assert {r["status"] for r in rows} == {"COMPLETED"}
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_failing_start_is_counted_and_other_jobs_keep_firing(db_url: str, sim_url: str) -> None:
+    class Factory(RunnerFactory):
+        def __call__(self, spec: JobSpec) -> Any:
+            if spec.name == "unbuildable":
+                raise RuntimeError("bad agent config")
+            if spec.name == "no-db":  # agno refuses background runs without a database
+                return build_runner(spec, None, self.llm)
+            return super().__call__(spec)
+
+    async def main() -> None:
+        base = real_factory(db_url, sim_url)
+        registry = CollectorRegistry()
+        sched = scheduler([job("unbuildable"), job("no-db"), job("good")], Factory(base.db, base.llm), registry)
+        sched.start()
+        try:
+            await asyncio.sleep(1.1)
+        finally:
+            await sched.stop(timeout=10)
+        for name in ("unbuildable", "no-db"):
+            stats = sched.stats(name)
+            assert stats.fired >= 3 and stats.failed == stats.fired, (name, stats)
+            assert sample(registry, "agno_exporter_scheduled_runs_failed_total", job=name) == stats.failed
+        good = sched.stats("good")
+        assert good.fired >= 3 and good.failed == 0
+        assert sample(registry, "agno_exporter_scheduled_runs_failed_total", job="good") == 0
+        rows = stored(db_url)
+        assert len(rows) == good.fired and {r["name"] for r in rows} == {"GoodAgent"}
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_graceful_shutdown_waits_for_in_flight_runs(db_url: str, sim_url: str) -> None:
+    async def main() -> None:
+        jobs = [
+            job("plain", SLOW, 0.2, max_in_flight=3),
+            job("streamed", SLOW, 0.2, max_in_flight=2, agent={"stream": True}),
+            job("team", "Ask the member to say hello. [sim:ttft=0.5]", 0.3,
+                team={"name": "HelloTeam", "members": [{"name": "Member"}]}),
+        ]
+        sched = scheduler(jobs, real_factory(db_url, sim_url))
+        sched.start()
+        try:
+            await until(lambda: all(sched.in_flight(n) >= 1 for n in sched.job_names) and sched.in_flight() >= 4)
+        finally:
+            t0 = time.monotonic()
+            await sched.stop(timeout=15)
+            took = time.monotonic() - t0
+        assert sched.in_flight() == 0
+        assert took > 0.3  # it waited for the runs, it did not drop them
+        rows = stored(db_url)
+        fired = sum(sched.stats(n).fired for n in sched.job_names)
+        top = [r for r in rows if r["parent_run_id"] is None]
+        assert len(top) == fired
+        assert {r["status"] for r in rows} == {"COMPLETED"}
+        assert any(r["run_type"] == "team" for r in rows)
+        assert any(r["parent_run_id"] for r in rows)  # the member's run
+        # Firing stopped for good.
+        await asyncio.sleep(0.5)
+        assert sum(sched.stats(n).fired for n in sched.job_names) == fired
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_run_all_serves_metrics_of_scheduled_runs(db_url: str) -> None:
+    from exporter.runner import run_all
+
+    settings = load_settings(None, environ={}, overrides={
+        "database": {"url": db_url}, "web": {"listen": "127.0.0.1:0"}, "collector": {"poll_interval": "100ms"},
+        "scheduler": {"enabled": True, "llm": "simulated", "shutdown_timeout": "10s", "jobs": [
+            {"name": "probe", "prompt": "Stock price of AAPL?", "interval": "0.3s",
+             "agent": {"name": "ProbeAgent", "tools": ["calculator"]}}]},
+    })
+
+    async def main() -> int:
+        async def until_counted() -> None:
+            await until(lambda: len([r for r in stored(db_url) if r["status"] == "COMPLETED"]) >= 2,
+                        timeout=20, step=0.1)
+
+        return await run_all(settings, until_counted)
+
+    assert asyncio.run(main()) == 0
+    rows = stored(db_url)
+    assert len(rows) >= 2 and {r["status"] for r in rows} == {"COMPLETED"}
+
+
+# ---------------------------------------------------------------------------- scheduling only
+
+
+def test_misfire_is_skipped_and_a_stalled_loop_fires_once() -> None:
+    """A run time missed by more than misfire_grace_time is skipped and counted; runs missed while
+    the loop was blocked coalesce into one firing."""
+    now = datetime.now(UTC)
+
+    def trigger(spec: JobSpec) -> Any:
+        if spec.name == "late":
+            return DateTrigger(run_date=now - timedelta(seconds=10), timezone=UTC)
+        return IntervalTrigger(seconds=spec.interval or 1, timezone=UTC)
+
+    async def main() -> None:
+        runners = FakeRunners()
+        registry = CollectorRegistry()
+        sched = scheduler([job("late", misfire_grace_time=1), job("steady", interval=0.1, misfire_grace_time=30)],
+                          runners, registry, trigger_factory=trigger)
+        sched.start()
+        try:
+            await until(lambda: sched.stats("steady").fired >= 2)
+            before = sched.stats("steady").fired
+            time.sleep(1.0)  # a stalled event loop: ten run times of "steady" pass
+            blocked_at = time.monotonic()
+            await asyncio.sleep(0.5)
+            after = sched.stats("steady").fired
+        finally:
+            await sched.stop()
+        assert runners.closed
+        assert sched.stats("late").fired == 0 and sched.stats("late").skipped_misfire == 1
+        assert sample(registry, "agno_exporter_scheduled_runs_skipped_total", job="late", reason="misfire") == 1
+        # Without coalescing the ten missed run times would all fire: 10 + 5 in 0.5 s.
+        assert 1 <= after - before <= 8, (before, after)
+        fired = runners.runners["steady"].fired_at
+        assert len([t for t in fired if blocked_at <= t < blocked_at + 0.05]) == 1
+        assert sched.stats("steady").skipped_misfire == 0
+
+    asyncio.run(main())
+
+
+def test_fire_immediately_and_a_stopped_scheduler_does_not_fire() -> None:
+    async def main() -> None:
+        runners = FakeRunners()
+        sched = scheduler([job("hourly", interval=3600)], runners, fire_immediately=True)
+        sched.start()
+        await until(lambda: sched.stats("hourly").fired == 1, timeout=5)
+        await sched.stop()
+        await sched.fire("hourly")  # a late call after stop is ignored
+        assert sched.stats("hourly").fired == 1
+
+    asyncio.run(main())
+
+
+def test_cron_uses_crontab_weekdays() -> None:
+    assert _crontab_dow("0") == "sun" and _crontab_dow("7") == "sun"
+    assert _crontab_dow("1-5") == "mon,tue,wed,thu,fri"
+    assert _crontab_dow("0-6") == "*" and _crontab_dow("*") == "*"
+    assert _crontab_dow("*/2") == "sun,tue,thu,sat"
+    assert _crontab_dow("sat,sun") == "sun,sat"
+    # "0 9 * * 0" = Sundays at 09:00 UTC (APScheduler 3's own from_crontab would say Monday).
+    trigger = cron_trigger("0 9 * * 0")
+    nxt = trigger.get_next_fire_time(None, datetime(2024, 1, 1, tzinfo=UTC))  # a Monday
+    assert nxt == datetime(2024, 1, 7, 9, 0, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------- agents
+
+
+def test_llm_choice() -> None:
+    assert choose_llm("auto", (), {}) == "simulated"
+    assert choose_llm("auto", (), {"OPENAI_API_KEY": "sk-x"}) == "openai"
+    assert choose_llm("simulated", (), {"OPENAI_API_KEY": "sk-x"}) == "simulated"
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        choose_llm("openai", (job("a"),), {})
+    keyed = job("a", agent={"model": {"id": "gpt-4o-mini", "api_key": "sk-own"}})
+    assert choose_llm("openai", (keyed,), {}) == "openai"
+
+
+def test_job_model_overrides_the_target() -> None:
+    spec = job("a", agent={"model": {"id": "sim-small", "base_url": "http://127.0.0.1:1/v1", "api_key": "k"}})
+    runner = build_runner(spec, None, LlmTarget.simulated("http://127.0.0.1:2/v1"))
+    assert runner.model is not None
+    assert (runner.model.id, runner.model.base_url, runner.model.api_key) == \
+        ("sim-small", "http://127.0.0.1:1/v1", "k")  # type: ignore[attr-defined]
+    plain = build_runner(job("b", agent={"tools": ["sleep", "fail", "calculator"]}), None,
+                         LlmTarget.simulated("http://127.0.0.1:2/v1"))
+    assert plain.model.base_url == "http://127.0.0.1:2/v1"  # type: ignore[union-attr]
+
+
+def test_yfinance_fails_fast_and_loudly_offline() -> None:
+    async def main() -> None:
+        tool = YFinancePrice(timeout=0.3)
+
+        def hang(symbol: str) -> str:
+            time.sleep(5)
+            return "1.0"
+
+        tool._inner.get_current_stock_price = hang  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        with pytest.raises(ToolFailure, match="did not answer"):
+            await tool.get_current_stock_price("AAPL")
+        assert time.monotonic() - t0 < 1.0
+        tool._inner.get_current_stock_price = lambda symbol: f"Error fetching current price for {symbol}: DNS"  # type: ignore[method-assign]
+        with pytest.raises(ToolFailure, match="Error fetching"):
+            await tool.get_current_stock_price("AAPL")
+
+    asyncio.run(main())
