@@ -171,6 +171,16 @@ class TracesSettings(_Strict):
     capture_content: bool = False
     batch_size: int = Field(default=256, ge=1, le=10_000)
     resource_attributes: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration | None = Field(default=None, description="per export request; default: OTEL_* or 10s")
+    min_backoff: Duration = 0.5
+    max_backoff: Duration = 60.0
+    poll_interval: Duration = Field(default=30.0, description="outbox re-check when no new run woke the sink")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> TracesSettings:
+        if not 0 < self.min_backoff <= self.max_backoff:
+            raise ValueError("need 0 < min_backoff <= max_backoff")
+        return self
 
 
 KNOWN_TOOLS = ("yfinance", "calculator", "sleep", "fail")

@@ -140,7 +140,7 @@ class Service:
         from .traces import TraceSink, make_resource, make_span_exporter
 
         t = self.settings.traces
-        self.span_exporter = make_span_exporter(t.endpoint, t.protocol)
+        self.span_exporter = make_span_exporter(t.endpoint, t.protocol, timeout=t.timeout)
         # The sink runs concurrently with the collector: it gets connections of its own, since
         # transactions of two tasks on one connection would interleave.
         self.trace_dbs = (Database(self.source_db.opts), Database(self.state_db.opts))
@@ -154,6 +154,9 @@ class Service:
             registry=self.registry,
             batch_size=t.batch_size,
             capture_content=t.capture_content,
+            min_backoff=t.min_backoff,
+            max_backoff=t.max_backoff,
+            poll_interval=t.poll_interval,
         )
 
     async def stop(self) -> None:

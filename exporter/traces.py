@@ -758,6 +758,8 @@ class TraceSink:
                     failed = True
             if failed:
                 return exported, _Pass.FAILED
+            if not full:
+                self.backlog.set(0)  # everything this pass saw was delivered (or dropped)
             return exported, _Pass.MORE if full else _Pass.DONE
 
     def _build_batch(self, batch: Sequence[PendingTrace]) -> tuple[list[_Built], list[tuple[str, int]]]:
