@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector as PromCollector
 from . import prom
 from .cursor import Watermark
 from .ids import trace_id_hex
+from .leader import Leadership
 from .prices import PriceTable
 from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label
 from .series import Observation, SeriesRow, SeriesStore
@@ -69,7 +70,9 @@ class RunCollector:
         options: CollectorOptions,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[Sequence[RunRecord]], None] | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
+        self.leadership = leadership or Leadership(None, 0, "")
         self.source = source
         self.state = state
         self.store = store
@@ -254,6 +257,17 @@ class RunCollector:
         failures = 0
         while True:
             t0 = time.perf_counter()
+            was_leader = self.leadership.is_leader
+            if not await self.leadership.check():
+                # standby: healthy, but neither counting nor exporting totals
+                self.ready = True
+                self.m.ready.set(1)
+                self.m.leader.set(0)
+                await asyncio.sleep(interval)
+                continue
+            self.m.leader.set(1)
+            if not was_leader and self.started:
+                self.started = False  # promoted: reload the state the old leader left
             try:
                 result = await self.poll_once()
             except (psycopg.Error, OSError) as exc:

@@ -148,6 +148,9 @@ class SelfMetrics:
             {"version": __version__, "agno_version": agno_version, "python_version": platform.python_version()}
         )
         self.up = Gauge("agno_exporter_up", "1 when the last poll of agno's database succeeded.", registry=r)
+        self.leader = Gauge("agno_exporter_leader",
+                            "1 on the replica that collects (always 1 without ha.enabled), 0 on standbys.",
+                            registry=r)
         self.ready = Gauge("agno_exporter_ready", "1 once a first poll succeeded and the database is reachable.",
                            registry=r)
         self.poll_duration = Histogram("agno_exporter_poll_duration_seconds", "Duration of one poll.",

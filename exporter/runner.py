@@ -84,8 +84,9 @@ async def start_stack(settings: Settings, *, scheduler_options: dict[str, Any] |
     if llm is not None:
         try:
             llm.announce()
-            stack.scheduler = ProbeScheduler.from_settings(settings, llm, service.registry,
-                                                           **(scheduler_options or {}))
+            options: dict[str, Any] = {"active": lambda: service.collector.leadership.is_leader,
+                                       **(scheduler_options or {})}
+            stack.scheduler = ProbeScheduler.from_settings(settings, llm, service.registry, **options)
             stack.scheduler.start()
         except BaseException:
             await stack.stop()

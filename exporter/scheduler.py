@@ -185,8 +185,10 @@ class ProbeScheduler:
         watch_interval: float = 0.1,
         run_timeout: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        active: Callable[[], bool] = lambda: True,
     ) -> None:
         self._jobs = {spec.name: _Job(spec) for spec in jobs}
+        self._active = active  # with ha.enabled, only the leader replica fires
         self._runners = runners
         self.metrics = SchedulerMetrics(registry)
         self.shutdown_timeout = shutdown_timeout
@@ -296,6 +298,9 @@ class ProbeScheduler:
         """One firing of job ``name`` (what APScheduler calls); returns at once."""
         job = self._jobs[name]
         if self._stopping:
+            return
+        if not self._active():
+            self.metrics.skipped.labels(name, "standby").inc()
             return
         if len(job.tasks) >= job.spec.max_in_flight:
             job.stats.skipped_overlap += 1

@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector as PromCollector
 
 from . import prom
 from .collector import CollectorOptions, RunCollector, TopSessions
 from .config import ConfigError, Settings, parse_listen
 from .db import ConnectOptions, Database, redact
+from .leader import Leadership
 from .prices import Price, PriceTable
 from .records import RunRecord
 from .source import RunsSource
@@ -42,6 +45,21 @@ def database_url(settings: Settings) -> str:
     if settings.database.url is None:
         raise ConfigError("database.url: not set (use --db-url, DATABASE_URL or the config file)")
     return settings.database.url.get_secret_value()
+
+
+class LeaderOnly(PromCollector):
+    """agno totals are exported by the leader only, so summing over replicas never counts twice."""
+
+    def __init__(self, inner: PromCollector, leadership: Leadership) -> None:
+        self.inner = inner
+        self.leadership = leadership
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self.inner.describe()) if hasattr(self.inner, "describe") else iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        if self.leadership.is_leader:
+            yield from self.inner.collect()
 
 
 @dataclass
@@ -84,10 +102,15 @@ class Service:
                     defaults=s.metrics.default_prices),
             ),
             on_commit=self._committed,
+            leadership=Leadership(
+                Database(ConnectOptions(state_url, s.database.application_name + "-leader",
+                                        s.database.statement_timeout, s.database.connect_timeout))
+                if s.ha.enabled else None,
+                s.ha.lock_key, self.source.key),
         )
-        self.registry.register(self.store)
+        self.registry.register(LeaderOnly(self.store, self.collector.leadership))
         self.registry.register(prom.StoreStats(self.store))
-        self.registry.register(TopSessions(self.collector))
+        self.registry.register(LeaderOnly(TopSessions(self.collector), self.collector.leadership))
         self.web_config = load_web_config(s.web.config_file) if s.web.config_file else WebConfig()
         self.runner: Any = None
         self.port = 0
@@ -174,5 +197,6 @@ class Service:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        await self.collector.leadership.release()
         await self.source_db.close()
         await self.state_db.close()
