@@ -197,6 +197,9 @@ class RunCollector:
             self.m.lag.observe(max(0.0, now - rec.updated_at))
             for reason in rec.sanitized:
                 self.m.rows_sanitized.labels(reason).inc()
+            if rec.anomalies:
+                log.warning("run %s (%s %s, %s): inconsistent token numbers stored by agno: %s",
+                            rec.run_id, rec.provider, rec.model, rec.name, ", ".join(rec.anomalies))
         for _, reason in skipped:
             self.m.rows_skipped.labels(reason).inc()
         for rec in batch.new_records:

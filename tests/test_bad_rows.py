@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import psycopg
+import pytest
 from scrape import Samples, scrape_text
 from test_collect_e2e import make_service
 from test_exactly_once import stored_tokens, write_runs
@@ -58,3 +60,41 @@ def test_bad_rows_are_counted_and_skipped(db_url: str, sim_url: str) -> None:
             await service.stop()
 
     asyncio.run(main())
+
+
+def test_inconsistent_token_numbers_are_counted_by_kind(db_url: str, sim_url: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    asyncio.run(write_runs(db_url, sim_url, 1))
+    rows = {
+        "mismatch": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 99},
+        "cache": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cache_read_tokens": 50},
+    }
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        session_id = conn.execute("SELECT session_id FROM ai.agno_runs LIMIT 1").fetchone()[0]  # type: ignore[index]
+        for run_id, metrics in rows.items():
+            data = {"agent_name": "Odd", "model": "gpt-4o-mini", "model_provider": "OpenAI", "metrics": metrics}
+            conn.execute(
+                "INSERT INTO ai.agno_runs (run_id, session_id, run_type, agent_id, status, run_data, created_at,"
+                " updated_at) VALUES (%s, %s, 'agent', 'odd', 'COMPLETED', %s::jsonb,"
+                " extract(epoch FROM now())::bigint, extract(epoch FROM now())::bigint)",
+                (run_id, session_id, json.dumps(data)))
+
+    async def main() -> None:
+        service = make_service(db_url)
+        await service.start()
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.1)
+                s = Samples(await scrape_text(service.port))
+                if s.sum("agno_runs_total") >= 3:
+                    break
+            got = s.group("agno_token_anomalies_total", "kind", "provider", "model")
+            assert got == {("total_mismatch", "openai", "gpt-4o-mini"): 1,
+                           ("cache_exceeds_input", "openai", "gpt-4o-mini"): 1}
+        finally:
+            await service.stop()
+
+    with caplog.at_level(logging.WARNING, logger="agno_exporter.collector"):
+        asyncio.run(main())
+    assert any("run mismatch" in r.getMessage() and "total_mismatch" in r.getMessage() for r in caplog.records)
+    assert any("run cache" in r.getMessage() for r in caplog.records)
