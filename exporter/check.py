@@ -42,7 +42,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
                 say("FAIL", "agno 2.x layout (runs inside agno_sessions) is not collected by this version yet")
                 ok = False
     except psycopg.Error as exc:
-        say("FAIL", f"database.url: cannot connect or read: {redact(str(exc)).strip()}")
+        say("FAIL", f"database.url: cannot connect or read: {redact(str(exc), url).strip()}")
         return 1
     finally:
         await db.close()
@@ -55,7 +55,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
         say("ok" if writable else "FAIL", f"state: {why}")
         ok = ok and writable
     except psycopg.Error as exc:
-        say("FAIL", f"state.url: cannot connect: {redact(str(exc)).strip()}")
+        say("FAIL", f"state.url: cannot connect: {redact(str(exc), state_url).strip()}")
         ok = False
     finally:
         await state_db.close()

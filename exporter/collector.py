@@ -278,6 +278,8 @@ class RunCollector:
                 reason = "database" if isinstance(exc, (psycopg.OperationalError, OSError)) else "query"
                 self.m.poll_errors.labels(reason).inc()
                 self.m.up.set(0)
+                # A commit may have succeeded without us hearing so: reload memory from the durable state.
+                self.started = False
                 self.ready = False
                 self.m.ready.set(0)
                 delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)

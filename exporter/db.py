@@ -12,17 +12,29 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg
 from psycopg.rows import dict_row
 
 _PASSWORD_RE = re.compile(r"(://[^:/@]*:)[^@]*(@)")
-_PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+_PASSWORD_KV_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+_URL_PASSWORD_RE = re.compile(r"://[^:/@]*:([^@]*)@")
 
 
-def redact(text: str) -> str:
-    """Hide passwords in URLs and conninfo strings (for logs, errors and pages)."""
-    return _PASSWORD_KV_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***\2", text))
+def redact(text: str, url: str | None = None) -> str:
+    """Hide passwords in URLs and conninfo strings (for logs, errors and pages).
+
+    With ``url``, its password is also hidden wherever it appears verbatim (libpq's parse errors
+    quote the offending token, e.g. a password with a bad percent-escape).
+    """
+    text = _PASSWORD_KV_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***\2", text))
+    if url:
+        found = [m.group(1) for m in _URL_PASSWORD_RE.finditer(url)]
+        found += [m.group(2).strip("'") for m in _PASSWORD_KV_RE.finditer(url)]
+        for secret in sorted({v for f in found for v in (f, unquote(f)) if v}, key=len, reverse=True):
+            text = text.replace(secret, "***")
+    return text
 
 
 def plain_url(url: str) -> str:
@@ -60,7 +72,7 @@ async def connect(opts: ConnectOptions) -> psycopg.AsyncConnection[dict[str, Any
             options=options,
         )
     except psycopg.Error as exc:
-        raise psycopg.OperationalError(redact(str(exc))) from None
+        raise psycopg.OperationalError(redact(str(exc), opts.url)) from None
 
 
 class Database:

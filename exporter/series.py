@@ -90,30 +90,53 @@ class LabelLimiter:
         for i, value in enumerate(labels):
             self._seen.setdefault((family.name, i), set()).add(value)
 
-    def apply(self, family: Family, labels: tuple[str, ...], bounded: frozenset[int]) -> tuple[str, ...]:
+    def apply(self, family: Family, labels: tuple[str, ...], bounded: frozenset[int],
+              delta: LimiterDelta | None = None) -> tuple[str, ...]:
+        """Fold ``labels``; with ``delta``, new values and fold counts go there until :meth:`commit`."""
+        d = delta if delta is not None else LimiterDelta()
         out = list(labels)
         for i, value in enumerate(labels):
             if i in bounded:
                 continue
-            seen = self._seen.setdefault((family.name, i), set())
-            if value in seen:
+            key = (family.name, i)
+            seen = self._seen.setdefault(key, set())
+            new = d.seen.setdefault(key, set())
+            if value in seen or value in new:
                 continue
-            if len(seen) >= self.limit:
+            if len(seen) + len(new) >= self.limit:  # disjoint but for __other__, which comes after the cap
                 out[i] = OTHER
-                key = (family.name, family.labels[i])
-                self.folded[key] = self.folded.get(key, 0) + 1
-                seen.add(OTHER)
+                fk = (family.name, family.labels[i])
+                d.folded[fk] = d.folded.get(fk, 0) + 1
+                new.add(OTHER)
             else:
-                seen.add(value)
+                new.add(value)
+        if delta is None:
+            self.commit(d)
         return tuple(out)
+
+    def commit(self, delta: LimiterDelta) -> None:
+        for key, values in delta.seen.items():
+            self._seen.setdefault(key, set()).update(values)
+        for fk, n in delta.folded.items():
+            self.folded[fk] = self.folded.get(fk, 0) + n
+
+
+@dataclass
+class LimiterDelta:
+    """Label values admitted and folds counted by a staged batch, not yet applied."""
+
+    seen: dict[tuple[str, int], set[str]] = field(default_factory=dict)
+    folded: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Staged:
     """Changes computed for one batch, not yet visible to scrapes."""
 
-    def __init__(self, store: SeriesStore, changed: dict[tuple[str, tuple[str, ...]], Series]) -> None:
+    def __init__(self, store: SeriesStore, changed: dict[tuple[str, tuple[str, ...]], Series],
+                 limits: LimiterDelta) -> None:
         self._store = store
         self._changed = changed
+        self._limits = limits
 
     def rows(self) -> list[SeriesRow]:
         return [
@@ -124,6 +147,7 @@ class Staged:
     def apply(self) -> None:
         for (fam, labels), series in self._changed.items():
             self._store._data[fam][labels] = series
+        self._store.limiter.commit(self._limits)
         self._store.version += 1
 
 
@@ -163,9 +187,10 @@ class SeriesStore(Collector):
 
     def stage(self, observations: Iterable[Observation], now: float | None = None) -> Staged:
         changed: dict[tuple[str, tuple[str, ...]], Series] = {}
+        limits = LimiterDelta()
         for obs in observations:
             family = self.families[obs.family]
-            labels = self.limiter.apply(family, obs.labels, self._bounded[obs.family])
+            labels = self.limiter.apply(family, obs.labels, self._bounded[obs.family], limits)
             key = (obs.family, labels)
             series = changed.get(key)
             if series is None:
@@ -183,7 +208,7 @@ class SeriesStore(Collector):
                     series.exemplars[i] = Exemplar(
                         {"trace_id": obs.trace_id}, obs.value, now if now is not None else time.time()
                     )
-        return Staged(self, changed)
+        return Staged(self, changed, limits)
 
     @staticmethod
     def _new(family: Family) -> Series:

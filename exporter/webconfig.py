@@ -82,7 +82,10 @@ def _tls_context(cfg: Any, src: str, base: Path) -> ssl.SSLContext:
         if not cfg.get(key):
             raise ConfigError(f"{src}: tls_server_config.{key}: required when TLS is configured")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = _VERSIONS.get(str(cfg.get("min_version", "TLS12")), ssl.TLSVersion.TLSv1_2)
+    version = str(cfg.get("min_version", "TLS12"))
+    if version not in _VERSIONS:
+        raise ConfigError(f"{src}: tls_server_config.min_version: one of {sorted(_VERSIONS)}")
+    ctx.minimum_version = _VERSIONS[version]
     try:
         ctx.load_cert_chain(base / cfg["cert_file"], base / cfg["key_file"])
     except (OSError, ssl.SSLError) as exc:
