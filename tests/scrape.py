@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,3 +39,14 @@ class Samples:
 
 def _match(labels: Mapping[str, str], match: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in match.items())
+
+
+async def scrape_until(port: int, done: Callable[[Samples], bool], timeout: float = 10.0) -> Samples:
+    """Scrape every 100 ms until ``done`` holds (or the timeout); returns the last scrape for assertions."""
+    s = Samples(await scrape_text(port))
+    for _ in range(int(timeout / 0.1)):
+        if done(s):
+            break
+        await asyncio.sleep(0.1)
+        s = Samples(await scrape_text(port))
+    return s

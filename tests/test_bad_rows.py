@@ -8,7 +8,7 @@ import logging
 
 import psycopg
 import pytest
-from scrape import Samples, scrape_text
+from scrape import scrape_until
 from test_collect_e2e import make_service
 from test_exactly_once import stored_tokens, write_runs
 
@@ -42,11 +42,7 @@ def test_bad_rows_are_counted_and_skipped(db_url: str, sim_url: str) -> None:
         service = make_service(db_url)
         await service.start()
         try:
-            for _ in range(100):
-                await asyncio.sleep(0.1)
-                s = Samples(await scrape_text(service.port))
-                if s.sum("agno_runs_total") >= 4:
-                    break
+            s = await scrape_until(service.port, lambda s: s.sum("agno_runs_total") >= 4)
             skipped = s.group("agno_exporter_rows_skipped_total", "reason")
             # (a row in an unknown status is not final: it is never a candidate, so neither counted nor skipped)
             assert skipped == {("run_data_not_object",): 2, ("wrong_type",): 2, ("negative",): 1}
@@ -83,11 +79,7 @@ def test_inconsistent_token_numbers_are_counted_by_kind(db_url: str, sim_url: st
         service = make_service(db_url)
         await service.start()
         try:
-            for _ in range(100):
-                await asyncio.sleep(0.1)
-                s = Samples(await scrape_text(service.port))
-                if s.sum("agno_runs_total") >= 3:
-                    break
+            s = await scrape_until(service.port, lambda s: s.sum("agno_runs_total") >= 3)
             got = s.group("agno_token_anomalies_total", "kind", "provider", "model")
             assert got == {("total_mismatch", "openai", "gpt-4o-mini"): 1,
                            ("cache_exceeds_input", "openai", "gpt-4o-mini"): 1}

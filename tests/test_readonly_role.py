@@ -7,7 +7,7 @@ import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from scrape import Samples, scrape_text
+from scrape import scrape_until
 from support import PgServer
 from test_collect_e2e import make_service
 from test_exactly_once import stored_tokens, write_runs
@@ -36,11 +36,7 @@ def test_select_only_role_with_state_elsewhere(db_url: str, sim_url: str, pg_ser
                 service = make_service(as_user(db_url, role), state={"url": state_url})
                 await service.start()
                 try:
-                    for _ in range(100):
-                        await asyncio.sleep(0.1)
-                        s = Samples(await scrape_text(service.port))
-                        if s.sum("agno_runs_total") >= 2:
-                            break
+                    s = await scrape_until(service.port, lambda s: s.sum("agno_runs_total") >= 2)
                     assert s.sum("agno_runs_total") == 2, restart
                     assert s.sum("agno_tokens_total") == truth
                     assert s.sum("agno_exporter_rows_skipped_total") == 0
