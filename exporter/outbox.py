@@ -8,7 +8,7 @@ outbox holds ids, not spans, and memory stays bounded however long the backend i
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .records import BadRow, build_run_record
 from .source import RunsSource
@@ -19,12 +19,16 @@ log = logging.getLogger("agno_exporter.traces")
 
 
 class StateOutbox:
-    def __init__(self, state: PostgresState, source: RunsSource, with_content: bool = False) -> None:
+    def __init__(self, state: PostgresState, source: RunsSource, with_content: bool = False,
+                 active: Callable[[], bool] = lambda: True) -> None:
         self.state = state
         self.source = source
         self.with_content = with_content
+        self.active = active  # with ha.enabled only the leader delivers spans
 
     async def pending(self, limit: int) -> Sequence[PendingTrace]:
+        if not self.active():
+            return []
         counted = await self.state.pending_traces(limit)
         rows = {r["run_id"]: r for r in await self.source.fetch([c.run_id for c in counted])}
         out: list[PendingTrace] = []

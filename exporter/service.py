@@ -171,7 +171,8 @@ class Service:
         state = PostgresState(self.trace_dbs[1], self.state.schema, self.source.key, traces=True)
         self.trace_state = state
         return TraceSink(
-            StateOutbox(state, source, with_content=t.capture_content),
+            StateOutbox(state, source, with_content=t.capture_content,
+                        active=lambda: self.collector.leadership.is_leader),
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
             registry=self.registry,
