@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+from support import free_port
 
 
 class PrometheusNotFound(RuntimeError):
@@ -36,12 +37,6 @@ def prometheus_binary() -> str:
             "this test needs a real Prometheus and does not skip"
         )
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PromServer:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import socket
+import sys
 import tempfile
 import threading
 import uuid
@@ -85,3 +88,15 @@ class PgServer:
     def stop(self) -> None:
         if self._embedded is not None:
             self._embedded.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def exporter_cmd() -> list[str]:
+    """The installed console script, as a user runs it (``python -m exporter.cli`` from a bare checkout)."""
+    exe = shutil.which("agno-exporter")
+    return [exe] if exe else [sys.executable, "-m", "exporter.cli"]

@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -18,20 +16,10 @@ from pathlib import Path
 
 import pytest
 from scrape import Samples
+from support import exporter_cmd, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def command() -> list[str]:
-    exe = shutil.which("agno-exporter")
-    return [exe] if exe else [sys.executable, "-m", "exporter.cli"]
 
 
 def scrape(port: int) -> Samples | None:
@@ -52,7 +40,7 @@ def test_demo_shows_metrics_within_30s_and_stops_on_sigterm() -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     started = time.monotonic()
     proc = subprocess.Popen(
-        [*command(), "demo", "--duration", "40", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
+        [*exporter_cmd(), "demo", "--duration", "40", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:

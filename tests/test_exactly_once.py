@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -18,6 +15,7 @@ import pytest
 from agno_app import AgnoApp
 from prometheus_client import CollectorRegistry
 from scrape import Samples
+from support import exporter_cmd, free_port
 
 from exporter import prom
 from exporter.collector import CollectorOptions, RunCollector
@@ -139,17 +137,6 @@ def multiply_runs(db_url: str, copies: int) -> None:
             f"INSERT INTO ai.agno_runs (run_id, {cols}) SELECT gen_random_uuid()::text, {cols}"
             f" FROM ai.agno_runs, generate_series(1, {copies})"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def exporter_cmd() -> list[str]:
-    exe = shutil.which("agno-exporter")
-    return [exe] if exe else [sys.executable, "-m", "exporter.cli"]
 
 
 async def scrape_runs(port: int) -> float | None:

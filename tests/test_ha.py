@@ -13,7 +13,8 @@ import aiohttp
 import psycopg
 import pytest
 from scrape import Samples
-from test_exactly_once import exporter_cmd, free_port, stored_tokens, write_runs
+from support import exporter_cmd, free_port
+from test_exactly_once import stored_tokens, write_runs
 
 
 async def scrape(port: int) -> Samples | None:
