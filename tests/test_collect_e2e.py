@@ -11,6 +11,7 @@ from agno_app import AgnoApp
 from scrape import Samples, scrape_text
 
 from exporter.config import load_settings
+from exporter.prices import PriceTable
 from exporter.records import TOKEN_FIELDS
 from exporter.service import Service
 
@@ -113,12 +114,29 @@ def test_metrics_equal_agno_api(db_url: str, sim_url: str) -> None:
             assert s.sum("agno_run_time_to_first_token_seconds_count", name=name) == len(values)
             assert abs(s.sum("agno_run_time_to_first_token_seconds_sum", name=name) - sum(values)) < 1e-9
         assert s.group("agno_tool_calls_total", "name", "tool") == {k: float(v) for k, v in tools.items()}
+        # Tool errors and exact tool durations, as agno stored them on each tool execution.
+        tool_execs = [(t, out) for _, out in truth for t in out.tools or []]
+        assert s.sum("agno_tool_call_errors_total") == sum(1 for t, _ in tool_execs if t.tool_call_error)
+        tool_durations = [t.metrics.duration for t, _ in tool_execs if t.metrics and t.metrics.duration is not None]
+        assert s.sum("gen_ai_execute_tool_duration_seconds_count") == len(tool_durations)
+        assert abs(s.sum("gen_ai_execute_tool_duration_seconds_sum") - sum(tool_durations)) < 1e-9
+        # Cost: as agno reports it (the simulated provider reports none), else the price table's arithmetic
+        # on agno's own per-model details.
+        assert s.sum("agno_cost_usd_total", source="reported") == sum(out.metrics.cost or 0 for _, out in truth)
+        gpt = PriceTable().lookup("gpt-4o-mini")
+        assert gpt is not None
+        estimated = sum((d.input_tokens - d.cache_read_tokens) * gpt.input + d.cache_read_tokens * gpt.cached_input
+                        + d.output_tokens * gpt.output
+                        for _, out in truth for ds in (out.metrics.details or {}).values() for d in ds) / 1e6
+        assert abs(s.sum("agno_cost_usd_total", source="estimated") - estimated) < 1e-12
         assert s.sum("agno_runs_total", run_type="team") == 1
         assert s.sum("agno_runs_total", status="ERROR", name="BrokenAgent") == 1
 
         # Per model call: token histogram sums equal the run totals (agno sums its messages).
         assert s.sum("gen_ai_client_token_usage_sum", gen_ai_token_type="input") == sum(
             v for (_, t), v in tokens.items() if t == "input")
+        assert s.sum("gen_ai_client_token_usage_sum", gen_ai_token_type="output") == sum(
+            v for (_, t), v in tokens.items() if t == "output")
         calls = [msg for _, out in truth for msg in out.messages or []
                  if msg.role == "assistant" and not msg.from_history]
         assert s.sum("agno_model_calls_total") == len(calls)
