@@ -42,7 +42,9 @@ def test_bad_rows_are_counted_and_skipped(db_url: str, sim_url: str) -> None:
         service = make_service(db_url)
         await service.start()
         try:
-            s = await scrape_until(service.port, lambda s: s.sum("agno_runs_total") >= 4)
+            # runs appear page by page; `up` turns 1 when the whole poll has finished
+            s = await scrape_until(service.port,
+                                   lambda s: s.sum("agno_runs_total") >= 4 and s.sum("agno_exporter_up") == 1)
             skipped = s.group("agno_exporter_rows_skipped_total", "reason")
             # (a row in an unknown status is not final: it is never a candidate, so neither counted nor skipped)
             assert skipped == {("run_data_not_object",): 2, ("wrong_type",): 2, ("negative",): 1}
