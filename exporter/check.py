@@ -14,6 +14,8 @@ from .db import ConnectOptions, Database, redact
 from .source import discover
 from .state import PostgresState
 
+LAYOUT_READS = {"v3": "only the runs table", "v2": "only the legacy runs column", "mixed": "both"}
+
 
 async def run_check(settings: Settings, out: TextIO) -> int:
     ok = True
@@ -33,14 +35,18 @@ async def run_check(settings: Settings, out: TextIO) -> int:
         say("ok", f"connected to {redact(url)} (PostgreSQL {conn.info.server_version // 10000})")
         layout = await discover(db, settings.database.schema_name, settings.database.runs_table_name,
                                 settings.database.session_table)
+        forced = settings.database.layout
         if layout.version == "none":
             say("FAIL", f"database: {layout.describe()} (check database.schema / database.session_table)")
             ok = False
         else:
             say("ok", f"agno layout {layout.version}: {layout.describe()}")
-            if layout.version == "v2":
-                say("FAIL", "agno 2.x layout (runs inside agno_sessions) is not collected by this version yet")
-                ok = False
+            if forced != "auto" and forced != layout.version:
+                say("warn", f"database.layout is {forced!r} but the database looks {layout.version!r}:"
+                            f" reading {LAYOUT_READS[forced]} as configured")
+            elif layout.version == "mixed":
+                say("ok", "mid-migration database: both are read; a run found in both counts once"
+                          " (the runs table wins)")
     except psycopg.Error as exc:
         say("FAIL", f"database.url: cannot connect or read: {redact(str(exc), url).strip()}")
         return 1

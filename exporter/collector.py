@@ -27,9 +27,10 @@ from .cursor import Watermark
 from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
-from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label
+from .readers import AgnoSource, Reader
+from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label, row_run_id
 from .series import Observation, SeriesRow, SeriesStore
-from .source import Candidate, RunsSource, Snapshot
+from .source import Candidate, Snapshot
 from .state import PostgresState
 
 log = logging.getLogger("agno_exporter.collector")
@@ -63,7 +64,7 @@ class RunCollector:
 
     def __init__(
         self,
-        source: RunsSource,
+        source: AgnoSource,
         state: PostgresState,
         store: SeriesStore,
         metrics: prom.SelfMetrics,
@@ -80,7 +81,7 @@ class RunCollector:
         self.opts = options
         self.clock = clock
         self.on_commit = on_commit
-        self.watermark = Watermark(max_lookback=options.max_lookback)
+        self.watermarks: dict[str, Watermark] = {}  # per reader (agno 3.x table, 2.x column)
         self.top: list[tuple[str, str, str, int, float]] = []
         self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
         self.started = False
@@ -91,10 +92,18 @@ class RunCollector:
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
         await self.state.setup()
-        self.watermark.low = await self.state.load_cursor()
+        self.watermarks.clear()
         self.store.load(await self.state.load_series())
+        await self.source.refresh(force=True)
         self.started = True
-        log.info("state loaded: %d series, low watermark %.0f", self.store.series_count(), self.watermark.low)
+        log.info("state loaded: %d series", self.store.series_count())
+
+    async def _watermark(self, reader: Reader) -> Watermark:
+        wm = self.watermarks.get(reader.key)
+        if wm is None:
+            wm = Watermark(low=await self.state.load_cursor(reader.key), max_lookback=self.opts.max_lookback)
+            self.watermarks[reader.key] = wm
+        return wm
 
     # --- one poll ------------------------------------------------------------------------------
 
@@ -103,21 +112,30 @@ class RunCollector:
             await self.start()
         result = PollResult()
         snap = await self.source.snapshot()
+        readers = await self.source.refresh()
         try:
-            await self._read(snap, result)
+            if not readers:
+                raise psycopg.errors.UndefinedTable(f"no agno tables in schema {self.source.schema!r}")
+            for reader in readers:
+                await self._read(reader, await self._watermark(reader), snap, result)
         except psycopg.errors.UndefinedTable:
             # agno creates its tables on first use: an app that has not run yet is not an error.
             if not self._waiting_logged:
-                log.warning("no table %s yet: waiting for agno to create it", self.source.key)
+                log.warning("no agno runs table or legacy runs column in schema %r yet: waiting for agno to"
+                            " create them", self.source.schema)
                 self._waiting_logged = True
+            await self.source.refresh(force=True)
             return result
         self._waiting_logged = False
-        low, clamped = self.watermark.advance(snap)
-        if clamped:
-            self.m.lookback_clamped.inc()
-            log.warning("an open transaction is older than collector.max_lookback; the re-read window is clamped")
-        await self.state.save_cursor(low)
-        self.m.watermark.set(low)
+        for reader in readers:
+            wm = self.watermarks[reader.key]
+            low, clamped = wm.advance(snap)
+            if clamped:
+                self.m.lookback_clamped.inc()
+                log.warning("an open transaction is older than collector.max_lookback; the re-read window is"
+                            " clamped")
+            await self.state.save_cursor(low, reader.key)
+        self.m.watermark.set(min(self.watermarks[r.key].low for r in readers))
         if self.opts.top_sessions:
             self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
                                                      self.opts.top_sessions)
@@ -129,45 +147,40 @@ class RunCollector:
         ]
         return result
 
-    async def _read(self, snap: Snapshot, result: PollResult) -> None:
-        if self.watermark.low == 0.0:
-            if self.opts.backfill:
-                await self._backfill(result)
-            else:
-                log.info("backfill disabled: counting runs finished from now on")
-        else:
-            since = self.watermark.low - self.opts.clock_skew
-            after: tuple[int, str] | None = None
-            while True:
-                page = await self.source.candidates(since, after, self.opts.batch_size)
-                if not page:
-                    break
-                await self._count(page, result)
-                if len(page) < self.opts.batch_size:
-                    break
-                after = (page[-1].updated_at, page[-1].run_id)
-
-    async def _backfill(self, result: PollResult) -> None:
-        after: str | None = None
+    async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult) -> None:
+        if wm.low == 0.0 and not self.opts.backfill:
+            log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
+            return
+        after: Any = None
         while True:
-            page = await self.source.backfill_page(after, self.opts.batch_size)
-            if not page:
+            if wm.low == 0.0:
+                page = await reader.backfill(after, self.opts.batch_size)
+            else:
+                page = await reader.candidate_page(wm.low - self.opts.clock_skew, after, self.opts.batch_size)
+            # a page of agno 2.x sessions can hold many more runs than batch_size
+            for i in range(0, len(page.items), self.opts.batch_size):
+                await self._count(reader, page.items[i:i + self.opts.batch_size], result)
+            if wm.low == 0.0 and page.items:
+                log.info("backfill of %s: %d runs counted so far", reader.key, result.counted)
+            if page.after is None:
                 return
-            await self._count(page, result)
-            after = page[-1].run_id
-            log.info("backfill: %d runs counted so far", result.counted)
+            after = page.after
 
-    async def _count(self, page: Sequence[Candidate], result: PollResult) -> None:
+    async def _count(self, reader: Reader, page: Sequence[Candidate], result: PollResult) -> None:
         result.pages += 1
         known = await self.state.known([c.run_id for c in page])
-        todo = [c.run_id for c in page if c.run_id not in known]
+        todo = [(c.run_id, c.session_id) for c in page if c.run_id not in known]
         if not todo:
             return
-        rows = await self.source.fetch(todo)
+        rows = await reader.fetch_runs(todo)
         records: list[RunRecord] = []
         skipped: list[tuple[str, str]] = []
+        seen: set[str] = set()
         for row in rows:
-            run_id = str(row.get("run_id"))
+            run_id = str(row_run_id(row))
+            if run_id in seen:  # an agno 2.x array can hold a run twice: count it once
+                continue
+            seen.add(run_id)
             try:
                 record = build_run_record(row, row.get("run_data"), with_content=self.opts.with_content)
             except BadRow as exc:
@@ -176,7 +189,7 @@ class RunCollector:
                 continue
             if record.final:
                 records.append(record)
-        roots = await self.source.ancestors([r.run_id for r in records if r.parent_run_id])
+        roots = await self.source.ancestors([(r.run_id, r.session_id) for r in records if r.parent_run_id])
         trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
         now = self.clock()
         staged_box: list[Any] = []

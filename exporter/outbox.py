@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from .records import BadRow, build_run_record
-from .source import RunsSource
+from .readers import AgnoSource
+from .records import BadRow, build_run_record, row_run_id
 from .state import PostgresState
 from .traces import PendingTrace
 
@@ -19,7 +19,7 @@ log = logging.getLogger("agno_exporter.traces")
 
 
 class StateOutbox:
-    def __init__(self, state: PostgresState, source: RunsSource, with_content: bool = False,
+    def __init__(self, state: PostgresState, source: AgnoSource, with_content: bool = False,
                  active: Callable[[], bool] = lambda: True) -> None:
         self.state = state
         self.source = source
@@ -30,7 +30,10 @@ class StateOutbox:
         if not self.active():
             return []
         counted = await self.state.pending_traces(limit)
-        rows = {r["run_id"]: r for r in await self.source.fetch([c.run_id for c in counted])}
+        if counted:
+            await self.source.refresh()
+        fetched = await self.source.fetch_runs([(c.run_id, c.session_id) for c in counted])
+        rows = {row_run_id(r): r for r in fetched}
         out: list[PendingTrace] = []
         gone: list[str] = []
         for c in counted:

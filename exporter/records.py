@@ -435,6 +435,12 @@ def _content_text(value: Any) -> str | None:
     return None
 
 
+def row_run_id(row: Mapping[str, Any]) -> str | None:
+    """The run id of a fetched row: its column (agno 3.x) or its JSON (an agno 2.x array element)."""
+    data = row.get("run_data")
+    return _str(row.get("run_id")) or (_str(data.get("run_id")) if isinstance(data, Mapping) else None)
+
+
 def build_run_record(
     row: Mapping[str, Any],
     run_data: Any,

@@ -25,8 +25,8 @@ from .config import ConfigError, Settings, parse_listen
 from .db import ConnectOptions, Database, redact
 from .leader import Leadership
 from .prices import Price, PriceTable
+from .readers import AgnoSource
 from .records import RunRecord
-from .source import RunsSource
 from .state import PostgresState
 from .web import Health, bound_port, build_app, serve
 from .webconfig import WebConfig, load_web_config
@@ -80,8 +80,8 @@ class Service:
         self.state_db = Database(ConnectOptions(
             state_url, s.database.application_name + "-state", s.database.statement_timeout,
             s.database.connect_timeout))
-        self.source = RunsSource(self.source_db, s.database.schema_name, s.database.runs_table_name,
-                                 s.database.session_table)
+        self.source = AgnoSource(self.source_db, s.database.schema_name, s.database.runs_table_name,
+                                 s.database.session_table, s.database.layout)
         self.state = PostgresState(self.state_db, s.state.schema_name, self.source.key, traces=s.traces_enabled)
         self.store = prom.new_store(s.metrics.label_value_limit)
         self.metrics = prom.SelfMetrics(self.registry, agno_version())
@@ -167,7 +167,8 @@ class Service:
         # The sink runs concurrently with the collector: it gets connections of its own, since
         # transactions of two tasks on one connection would interleave.
         self.trace_dbs = (Database(self.source_db.opts), Database(self.state_db.opts))
-        source = RunsSource(self.trace_dbs[0], self.source.schema, self.source.runs_table, self.source.sessions_table)
+        source = AgnoSource(self.trace_dbs[0], self.source.schema, self.source.runs_table, self.source.sessions_table,
+                            self.source.mode)
         state = PostgresState(self.trace_dbs[1], self.state.schema, self.source.key, traces=True)
         self.trace_state = state
         return TraceSink(

@@ -9,22 +9,23 @@ from typing import TextIO
 
 from .config import Settings
 from .db import ConnectOptions, Database
+from .readers import AgnoSource
 from .records import TOKEN_FIELDS, BadRow, build_run_record, build_session_record
-from .source import RunsSource
 
 
-def _source(settings: Settings) -> RunsSource:
+def _source(settings: Settings) -> AgnoSource:
     if settings.database.url is None:
         raise SystemExit("database.url: not set (use --db-url or DATABASE_URL)")
     db = Database(ConnectOptions(settings.database.url.get_secret_value(), read_only=True))
-    return RunsSource(db, settings.database.schema_name, settings.database.runs_table_name,
-                      settings.database.session_table)
+    return AgnoSource(db, settings.database.schema_name, settings.database.runs_table_name,
+                      settings.database.session_table, settings.database.layout)
 
 
 async def show_run(settings: Settings, run_id: str, out: TextIO) -> int:
     source = _source(settings)
     try:
-        rows = await source.fetch([run_id])
+        await source.refresh(force=True)
+        rows = await source.fetch_runs([(run_id, None)])
     finally:
         await source.db.close()
     if not rows:

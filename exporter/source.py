@@ -72,6 +72,15 @@ class Candidate:
     run_id: str
     updated_at: int
     status: str
+    session_id: str | None = None  # the agno 2.x reader finds runs by session
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Candidates of one page, and the key to list the next page after (None: this was the last)."""
+
+    items: list[Candidate]
+    after: Any
 
 
 RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id",
@@ -130,6 +139,18 @@ class RunsSource:
             cur = await conn.execute(query, {"final": _FINAL, "after": after, "limit": limit})
             rows = await cur.fetchall()
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
+
+    async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
+        items = await self.candidates(since, after, limit)
+        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None)
+
+    async def backfill(self, after: Any, limit: int) -> Page:
+        items = await self.backfill_page(after, limit)
+        return Page(items, items[-1].run_id if len(items) == limit else None)
+
+    async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """(run id, session id) pairs -> rows; the session id is not needed here (run_id is the key)."""
+        return await self.fetch([run_id for run_id, _ in refs])
 
     async def fetch(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Whole rows (columns + run_data) of the given runs."""

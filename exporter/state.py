@@ -32,6 +32,7 @@ class Counted:
     run_id: str
     root_run_id: str
     status: str
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,22 +107,23 @@ class PostgresState:
 
     # --- reading -------------------------------------------------------------------------------
 
-    async def load_cursor(self) -> float:
+    async def load_cursor(self, reader: str | None = None) -> float:
+        """The low watermark of one reader (agno 3.x's is named like the state's source: older states)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                self._q("SELECT low_watermark FROM {s}.cursor WHERE source = %s"), (self.source,)
+                self._q("SELECT low_watermark FROM {s}.cursor WHERE source = %s"), (reader or self.source,)
             )
             row = await cur.fetchone()
         return float(row["low_watermark"]) if row else 0.0
 
-    async def save_cursor(self, low: float) -> None:
+    async def save_cursor(self, low: float, reader: str | None = None) -> None:
         async with self.db.transaction() as conn:
             await conn.execute(
                 self._q(
                     "INSERT INTO {s}.cursor (source, low_watermark) VALUES (%s, %s) ON CONFLICT (source)"
                     " DO UPDATE SET low_watermark = EXCLUDED.low_watermark, updated_at = now()"
                 ),
-                (self.source, low),
+                (reader or self.source, low),
             )
 
     async def load_series(self) -> list[SeriesRow]:
@@ -316,12 +318,14 @@ class PostgresState:
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self._q(
-                    "SELECT run_id, root_run_id, status FROM {s}.runs WHERE source = %s AND NOT traces_exported"
+                    "SELECT run_id, root_run_id, status, session_id FROM {s}.runs WHERE source = %s"
+                    " AND NOT traces_exported"
                     " ORDER BY counted_at, run_id LIMIT %s"
                 ),
                 (self.source, limit),
             )
-            return [Counted(r["run_id"], r["root_run_id"], r["status"]) for r in await cur.fetchall()]
+            return [Counted(r["run_id"], r["root_run_id"], r["status"], r["session_id"])
+                    for r in await cur.fetchall()]
 
     async def mark_traces_exported(self, run_ids: Sequence[str]) -> None:
         if not run_ids:

@@ -20,12 +20,12 @@ from support import exporter_cmd, free_port
 from exporter import prom
 from exporter.collector import CollectorOptions, RunCollector
 from exporter.db import ConnectOptions, Database
-from exporter.source import RunsSource
+from exporter.readers import AgnoSource
 from exporter.state import PostgresState
 
 
 def make_collector(db_url: str, **opts: Any) -> RunCollector:
-    source = RunsSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions")
+    source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions")
     state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", source.key)
     return RunCollector(source, state, prom.new_store(300), prom.SelfMetrics(CollectorRegistry(), "test"),
                         CollectorOptions(**opts))

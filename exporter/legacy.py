@@ -1,0 +1,184 @@
+"""agno 2.x: finished runs as a JSON array in ``<schema>.<session_table>.runs``.
+
+agno 2.x rewrites the whole array on every save of a session, and stamps the session's
+``updated_at`` (whole seconds, app clock) as it does so. So the unit of change is the session: a
+poll lists the sessions updated at or after the low watermark (the same snapshot rule as agno 3.x's
+runs table, see :mod:`exporter.cursor`), expands their arrays to (run id, status) in SQL (light:
+only two keys of each element leave the database) and fetches whole elements only for the run ids
+not counted yet. A session rewritten a thousand times is read a thousand times, but each of its runs
+is counted once (durable dedupe by run id).
+
+Team member runs are elements of the team session's array with ``parent_run_id`` set (agno 2.x's
+``TeamSession.upsert_run``); a team run's nested ``member_responses`` copy is never counted.
+
+In a database half-migrated to agno 3.x a run can be in both places: the runs table wins (agno's
+own rule), so every query here leaves out elements whose run id has a row in the runs table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from psycopg import sql
+
+from .db import Database
+from .records import FINAL_STATUSES
+from .source import Candidate, Page
+
+_FINAL = sorted(FINAL_STATUSES)
+_OPEN = ["PENDING", "RUNNING"]
+_MAX_DEPTH = 32
+
+
+class LegacySource:
+    """Runs inside ``<schema>.<session_table>.runs`` (agno 2.x), optionally deferring to a runs table."""
+
+    def __init__(self, db: Database, schema: str, sessions_table: str, runs_table: str | None) -> None:
+        self.db = db
+        self.key = f"{schema}.{sessions_table}.runs"
+        # jsonb in agno 2.x; the cast also accepts a json column, and anything but an array counts as empty
+        elems = sql.SQL(
+            "jsonb_array_elements(CASE WHEN jsonb_typeof(s.runs::jsonb) = 'array' THEN s.runs::jsonb"
+            " ELSE '[]'::jsonb END)"
+        )
+        not_migrated = (
+            sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {r} r WHERE r.run_id = e.value->>'run_id')").format(
+                r=sql.Identifier(schema, runs_table))
+            if runs_table else sql.SQL("")
+        )
+        self._parts: dict[str, sql.Composable] = {
+            "t": sql.Identifier(schema, sessions_table), "elems": elems, "not_migrated": not_migrated}
+
+    def _q(self, text: str, **extra: sql.Composable) -> sql.Composed:
+        return sql.SQL(text).format(**self._parts, **extra)
+
+    async def _rows(self, query: sql.Composed, params: dict[str, Any]) -> list[dict[str, Any]]:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    @staticmethod
+    def _page(rows: list[dict[str, Any]], limit: int, after: Callable[[dict[str, Any]], Any]) -> Page:
+        """Candidates of up to ``limit`` sessions (a session without final runs still moves the page key)."""
+        items = [
+            Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"], r["session_id"])
+            for r in rows if r["run_id"] and r["status"] in FINAL_STATUSES
+        ]
+        full = len({r["session_id"] for r in rows}) >= limit
+        return Page(items, after(rows[-1]) if full else None)
+
+    async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
+        """Final runs of the sessions updated at or after ``since``, ``limit`` sessions a page."""
+        query = self._q(
+            "SELECT s.session_id, s.updated_at, e.run_id, e.status FROM ("
+            " SELECT session_id, updated_at, runs FROM {t} WHERE updated_at >= %(since)s AND runs IS NOT NULL"
+            " {after} ORDER BY updated_at, session_id LIMIT %(limit)s) s"
+            " LEFT JOIN LATERAL (SELECT e.value->>'run_id' AS run_id, e.value->>'status' AS status"
+            " FROM {elems} e WHERE true{not_migrated}) e ON true ORDER BY s.updated_at, s.session_id",
+            after=sql.SQL("AND (updated_at, session_id) > (%(au)s, %(as)s)" if after else ""),
+        )
+        params: dict[str, Any] = {"since": int(since), "limit": limit}
+        if after:
+            params["au"], params["as"] = after
+        return self._page(await self._rows(query, params), limit,
+                          lambda last: (int(last["updated_at"] or 0), last["session_id"]))
+
+    async def backfill(self, after: Any, limit: int) -> Page:
+        """Every session holding runs, by primary key: an index range scan a page."""
+        query = self._q(
+            "SELECT s.session_id, s.updated_at, e.run_id, e.status FROM ("
+            " SELECT session_id, updated_at, runs FROM {t} WHERE runs IS NOT NULL {after}"
+            " ORDER BY session_id LIMIT %(limit)s) s"
+            " LEFT JOIN LATERAL (SELECT e.value->>'run_id' AS run_id, e.value->>'status' AS status"
+            " FROM {elems} e WHERE true{not_migrated}) e ON true ORDER BY s.session_id",
+            after=sql.SQL("AND session_id > %(after)s" if after is not None else ""),
+        )
+        return self._page(await self._rows(query, {"after": after, "limit": limit}), limit,
+                          lambda last: last["session_id"])
+
+    async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """(run id, session id) -> the session's columns a run record needs, with the element as run_data.
+
+        Only the session's ``session_id``, ``user_id`` and ``updated_at`` are taken (the element has
+        no ``updated_at`` of its own; the session's is when the finished run was saved). The run's
+        own ``created_at``, ids and status come from the element. A run id without its session id
+        (``runs show``) is looked for in every session (jsonb containment: a full scan).
+        """
+        if not refs:
+            return []
+        ids = sorted({rid for rid, _ in refs})
+        by_session = all(sid for _, sid in refs)
+        where = sql.SQL("s.session_id = ANY(%(sids)s)" if by_session else "s.runs::jsonb @> ANY(%(probes)s::jsonb[])")
+        rows = await self._rows(
+            self._q(
+                "SELECT s.session_id, s.user_id, s.updated_at, e.value AS run_data FROM {t} s"
+                " CROSS JOIN LATERAL {elems} e WHERE {where} AND e.value->>'run_id' = ANY(%(ids)s){not_migrated}",
+                where=where,
+            ),
+            {"sids": sorted({sid for _, sid in refs if sid}), "ids": ids,
+             "probes": [json.dumps([{"run_id": i}]) for i in ids]},
+        )
+        return [r for r in rows if isinstance(r["run_data"], dict)]
+
+    async def ancestors(self, refs: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+        """run id -> its top-level run id, following ``parent_run_id`` within the runs' sessions."""
+        sessions = sorted({sid for _, sid in refs if sid})
+        if not sessions:
+            return {}
+        rows = await self._rows(
+            self._q(
+                "SELECT e.value->>'run_id' AS run_id, e.value->>'parent_run_id' AS parent FROM {t} s"
+                " CROSS JOIN LATERAL {elems} e WHERE s.session_id = ANY(%(sids)s)"
+            ),
+            {"sids": sessions},
+        )
+        parent = {r["run_id"]: r["parent"] for r in rows if r["run_id"]}
+        out: dict[str, str] = {}
+        for run_id, _ in refs:
+            node = run_id
+            for _ in range(_MAX_DEPTH):
+                up = parent.get(node)
+                if not up:
+                    break
+                node = up  # a parent missing from the array is the trace root (same rule as agno 3.x)
+            out[run_id] = node
+        return out
+
+    async def open_runs(self, now: float, stuck_after: float, window: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """PENDING/RUNNING runs in sessions saved within ``window``, grouped like RunsSource.open_runs.
+
+        Finding them means reading the arrays, so only recently saved sessions are looked at: a run
+        left RUNNING in a session nobody saved for longer than ``window`` drops out of the gauge.
+        """
+        created = "CASE WHEN e.value->>'created_at' ~ '^[0-9]+([.][0-9]*)?$' THEN (e.value->>'created_at')::numeric END"
+        query = self._q(
+            "SELECT CASE WHEN e.value->>'workflow_id' IS NOT NULL OR e.value->>'workflow_name' IS NOT NULL"
+            " THEN 'workflow' WHEN e.value->>'team_id' IS NOT NULL OR e.value->>'team_name' IS NOT NULL"
+            " THEN 'team' ELSE 'agent' END AS run_type,"
+            " coalesce(e.value->>'agent_name', e.value->>'team_name', e.value->>'workflow_name',"
+            " e.value->>'agent_id', e.value->>'team_id', e.value->>'workflow_id', '') AS name,"
+            " e.value->>'status' AS status, count(*) AS n,"
+            f" count(*) FILTER (WHERE {created} < %(cutoff)s) AS stuck, min({created}) AS oldest"
+            " FROM {t} s CROSS JOIN LATERAL {elems} e WHERE s.updated_at >= %(since)s"
+            " AND e.value->>'status' = ANY(%(open)s){not_migrated}"
+            " GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT %(limit)s"
+        )
+        return await self._rows(query, {"cutoff": int(now - stuck_after), "since": int(now - window),
+                                        "open": _OPEN, "limit": limit})
+
+    async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """session id -> (finished runs, open runs) in the sessions' arrays (runs-table copies left out)."""
+        if not session_ids:
+            return {}
+        rows = await self._rows(
+            self._q(
+                "SELECT s.session_id, count(*) FILTER (WHERE e.value->>'status' = ANY(%(final)s)) AS final,"
+                " count(*) FILTER (WHERE e.value->>'status' = ANY(%(open)s)) AS open FROM {t} s"
+                " CROSS JOIN LATERAL {elems} e WHERE s.session_id = ANY(%(ids)s){not_migrated}"
+                " GROUP BY s.session_id"
+            ),
+            {"final": _FINAL, "open": [*_OPEN, "PAUSED"], "ids": list(session_ids)},
+        )
+        return {r["session_id"]: (int(r["final"]), int(r["open"])) for r in rows}
