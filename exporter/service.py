@@ -124,6 +124,7 @@ class Service:
             return {
                 "database": redact(database_url(self.settings)),
                 "source": self.source.key,
+                "layout": self.source.layout.describe() if self.source.layout else "not discovered yet",
                 "collector": "ready" if self.collector.ready
                 else "not ready (no successful poll yet, or database unreachable)",
                 "series": str(self.store.series_count()),
