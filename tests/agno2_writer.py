@@ -24,6 +24,7 @@ Scenarios:
          ``store_member_responses=True``, and an ERROR run (model endpoint unreachable, background).
   many   --n background runs of one agent, ``runs_per_session`` after another in each session, sessions
          in parallel (--concurrency).
+  prepare  no run: agno creates its (empty) sessions table, e.g. for a test to put a trigger on it.
   stuck  one background run whose model call stalls; the process exits hard (os._exit) once agno has
          stored it as RUNNING, so the blob keeps a run that never finishes (agno 2.x has no recovery).
 """
@@ -36,6 +37,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from importlib.metadata import version
 from typing import Any
 
@@ -191,10 +193,11 @@ async def scenario_many(app: App, n: int, concurrency: int, runs_per_session: in
 
     async def one_session(k: int, count: int) -> None:
         async with sem:
-            sid: str | None = None
+            # An explicit session id: a shared agno 2.x Agent without one lets parallel first runs share and
+            # overwrite one session (runs then vanish from the blob and never read as finished).
+            sid = str(uuid.uuid4())
             for i in range(count):
-                out = await app.run(f"many-{k}-{i}", agent, f"Price of AAPL? ({k}.{i})", session_id=sid)
-                sid = out.session_id
+                await app.run(f"many-{k}-{i}", agent, f"Price of AAPL? ({k}.{i})", session_id=sid)
 
     counts = [runs_per_session] * (n // runs_per_session) + ([n % runs_per_session] if n % runs_per_session else [])
     await asyncio.gather(*(one_session(k, c) for k, c in enumerate(counts)))
@@ -228,7 +231,7 @@ async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--db-url", required=True, help="SQLAlchemy URL, postgresql+psycopg://...")
     p.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:PORT/v1")
-    p.add_argument("--scenario", choices=["basic", "many", "stuck"], default="basic")
+    p.add_argument("--scenario", choices=["prepare", "basic", "many", "stuck"], default="basic")
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--concurrency", type=int, default=8)
     args = p.parse_args()
@@ -237,7 +240,9 @@ async def main() -> int:
     os.dup2(2, 1)
     app = App(args.db_url, args.llm_url)
     try:
-        if args.scenario == "basic":
+        if args.scenario == "prepare":  # only agno's own CREATE TABLE of agno_sessions (e.g. to add a trigger)
+            app.db._get_table(table_type="sessions", create_table_if_not_found=True)
+        elif args.scenario == "basic":
             await scenario_basic(app)
         elif args.scenario == "many":
             await scenario_many(app, args.n, args.concurrency)
