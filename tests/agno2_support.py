@@ -171,12 +171,15 @@ def agno2_venv() -> Path:
 def agno2_python() -> str:
     """Path of the agno 2.9 python. Fails (never skips) when the virtualenv cannot be built."""
     started = time.monotonic()
+    error = None
     try:
         python = agno2_venv()
     except Agno2VenvError as e:
+        error = str(e)
+    if error is not None:
         pytest.fail(
             f"cannot build the agno {AGNO2_VERSION} virtualenv for the agno 2.x tests "
-            f"(needs the package index once; cached in {cache_root()} afterwards):\n{e}",
+            f"(needs the package index once; cached in {cache_root()} afterwards):\n{error}",
             pytrace=False,
         )
     elapsed = time.monotonic() - started
