@@ -19,8 +19,8 @@ with kind "member" and the metrics agno stored for them.
 
 Scenarios:
   basic  agent with a tool call (background), streamed run (foreground: agno 2.9's background+stream
-         needs AgentOS), two runs of one session one after another (background), a team delegating to
-         a member (background, default ``store_member_responses=False``), the same with
+         needs AgentOS), two runs of one session one after another (background, user "alice"), a team
+         delegating to a member (background, user "bob", default ``store_member_responses=False``), the same with
          ``store_member_responses=True``, and an ERROR run (model endpoint unreachable, background).
   many   --n background runs of one agent, ``runs_per_session`` after another in each session, sessions
          in parallel (--concurrency).
@@ -96,16 +96,17 @@ class App:
         raise RuntimeError(f"run {run_id} did not finish within {timeout}s")
 
     async def run(self, label: str, runner: Agent | Team, prompt: str = PROMPT, stream: bool = False,
-                  session_id: str | None = None) -> Any:
+                  session_id: str | None = None, user_id: str | None = None) -> Any:
         """One run as the seed does it: arun(background=True), then poll aget_run_output until final."""
         if stream:
             last: Any = None
             async for event in runner.arun(prompt, stream=True, session_id=session_id,  # type: ignore[union-attr]
-                                           yield_run_output=True):
+                                           user_id=user_id, yield_run_output=True):
                 last = event
             run_id, sid = last.run_id, last.session_id
         else:
-            pending = await runner.arun(prompt, background=True, session_id=session_id)  # type: ignore[union-attr]
+            pending = await runner.arun(prompt, background=True, session_id=session_id,  # type: ignore[union-attr]
+                                        user_id=user_id)
             run_id, sid = pending.run_id, pending.session_id
         out = await self.wait(runner, run_id, sid)
         self.owners[sid] = runner
@@ -128,6 +129,7 @@ class App:
             "kind": kind or ("team" if is_team else "agent"),
             "run_id": out.run_id,
             "session_id": out.session_id,
+            "user_id": getattr(out, "user_id", None),
             "parent_run_id": getattr(out, "parent_run_id", None),
             "status": out.status.value if hasattr(out.status, "value") else out.status,
             "agent_id": getattr(out, "agent_id", None),
@@ -180,9 +182,9 @@ async def scenario_basic(app: App) -> None:
     broken = app.agent("BrokenAgent", base_url=UNREACHABLE)
     await app.run("tool", agent)
     await app.run("stream", agent, stream=True)
-    first = await app.run("session-1", plain)
-    await app.run("session-2", plain, "And tomorrow?", session_id=first.session_id)
-    await app.run("team", team)
+    first = await app.run("session-1", plain, user_id="alice")
+    await app.run("session-2", plain, "And tomorrow?", session_id=first.session_id, user_id="alice")
+    await app.run("team", team, user_id="bob")
     await app.run("team-stored", team_stored)
     await app.run("error", broken)
 
@@ -220,7 +222,7 @@ async def scenario_stuck(app: App) -> None:
             break
         await asyncio.sleep(0.05)
     app.runs.append({
-        "label": "stuck", "kind": "agent", "run_id": pending.run_id, "session_id": pending.session_id,
+        "label": "stuck", "kind": "agent", "run_id": pending.run_id, "session_id": pending.session_id, "user_id": None,
         "parent_run_id": None, "status": seen[0] if seen else None, "agent_id": agent.id, "agent_name": agent.name,
         "team_id": None, "team_name": None, "model": "gpt-4o-mini", "model_provider": "OpenAI",
         "created_at": pending.created_at, "metrics": None,

@@ -60,6 +60,7 @@ def test_writer_basic_matches_stored_blob(db_url: str, sim_url: str, agno2_pytho
 
     # Every run the writer reports is an element of its session's blob, with the same status and metrics.
     stored = blob_runs(db_url)
+    sessions_by_id = sessions(db_url)
     assert set(stored) == set(runs)
     for run_id, r in runs.items():
         s = stored[run_id]
@@ -67,8 +68,9 @@ def test_writer_basic_matches_stored_blob(db_url: str, sim_url: str, agno2_pytho
         assert s["status"] == r["status"]
         assert s.get("parent_run_id") == r["parent_run_id"]
         assert s["metrics"] == r["metrics"], r["label"]
-        # No per-run updated_at / user_id / workflow_id in 2.x elements (None fields are dropped).
-        assert not {"updated_at", "user_id", "workflow_id"} & set(s)
+        # No per-run updated_at in 2.x elements; None fields are dropped, so user_id only when the run had one.
+        assert not {"updated_at", "workflow_id"} & set(s)
+        assert s.get("user_id") == r["user_id"] == sessions_by_id[r["session_id"]]["user_id"]
     assert all(r["status"] == "COMPLETED" for r in result["runs"] if r["label"] != "error")
 
     # The error run: status ERROR, metrics hold only the duration.
@@ -91,6 +93,7 @@ def test_writer_basic_matches_stored_blob(db_url: str, sim_url: str, agno2_pytho
     assert [m["run_id"] for m in nested] == [labels["team-stored:member"]["run_id"]]
     assert nested[0]["metrics"] == labels["team-stored:member"]["metrics"]
     assert "stockagent" not in {s["agent_id"] for s in sessions(db_url).values()}
+    assert {r["label"] for r in result["runs"] if r["user_id"]} == {"session-1", "session-2", "team", "team:member"}
 
     # Session metrics: agno's get_session_metrics() is session_data.session_metrics, the sum of every run
     # of the session, member runs included (runs here were one after another).
@@ -200,7 +203,8 @@ def test_agno3_migration_of_some_sessions(db_url: str, sim_url: str, agno2_pytho
         assert row["status"] == b["status"] and row["parent_run_id"] == b.get("parent_run_id")
         assert row["run_type"] == ("agent" if b.get("agent_id") else "team")
         assert row["agent_id"] == b.get("agent_id") and row["team_id"] == b.get("team_id")
-        assert row["user_id"] is None and row["workflow_id"] is None
+        assert row["user_id"] == before[b["_session"]]["user_id"]  # the SESSION's user_id, not the run's
+        assert row["workflow_id"] is None
         assert row["run_data"] == {k: v for k, v in b.items() if not k.startswith("_")}  # verbatim copy
         assert row["created_at"] == b["created_at"]  # the run's own created_at ...
         assert started <= row["updated_at"] <= ended  # ... but updated_at is the migration's clock
