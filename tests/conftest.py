@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from agno2_support import agno2_python  # noqa: F401  (fixture: the agno 2.9 virtualenv's python)
 from support import PgServer
 
 
