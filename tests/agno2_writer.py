@@ -140,6 +140,10 @@ class App:
             "model_provider": getattr(out, "model_provider", None),
             "created_at": getattr(out, "created_at", None),
             "metrics": _dict(out.metrics),
+            "tools": [{"tool_name": t.tool_name, "tool_call_error": t.tool_call_error,
+                       "duration": t.metrics.duration if t.metrics else None} for t in out.tools or []],
+            "messages": [{"role": m.role, "from_history": m.from_history, "metrics": _dict(m.metrics)}
+                         for m in out.messages or []],
             # run ids of member runs agno ALSO nested in this run's member_responses (store_member_responses=True)
             "nested_member_run_ids": nested,
         })

@@ -1,0 +1,299 @@
+"""agno 2.x databases (runs inside agno_sessions.runs) and databases mid-migration to agno 3.x.
+
+Data is written by real agno 2.9 (its own virtualenv, see agno2_support.py) and, for the mixed cases,
+by real agno 3.x and agno 3.x's own migration; every exported number is compared with what agno
+itself reports for each run (``aget_run_output().metrics``) and session (``get_session_metrics()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+import pytest
+from agno2_support import migrate_sessions, write_agno2
+from prometheus_client import CollectorRegistry
+from scrape import Samples, scrape_text
+from test_collect_e2e import make_service, wait_counted
+
+from exporter import prom
+from exporter.check import run_check
+from exporter.collector import CollectorOptions, RunCollector
+from exporter.config import load_settings
+from exporter.db import ConnectOptions, Database
+from exporter.readers import AgnoSource
+from exporter.records import TOKEN_FIELDS
+from exporter.state import PostgresState
+
+pytestmark = pytest.mark.slow
+
+
+def make_collector(db_url: str, **opts: Any) -> RunCollector:
+    # rediscover=0: the layout changes under the collector in these tests (migration, upgraded app)
+    source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions",
+                        rediscover=0)
+    state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", source.key)
+    return RunCollector(source, state, prom.new_store(300), prom.SelfMetrics(CollectorRegistry(), "test"),
+                        CollectorOptions(**opts))
+
+
+async def close(c: RunCollector) -> None:
+    await c.source.db.close()
+    await c.state.db.close()
+
+
+def totals(c: RunCollector, family: str) -> float:
+    return sum(s.total for s in c.store.series(family).values())
+
+
+def truth_tokens(runs: Iterable[dict[str, Any]]) -> int:
+    return sum((r["metrics"] or {}).get(f, 0) for r in runs for f, _ in TOKEN_FIELDS)
+
+
+def agno3_truth(out: Any) -> dict[str, Any]:
+    """An agno 3.x RunOutput in the writer's shape (see agno2_writer.App.record)."""
+    return {
+        "run_id": out.run_id, "session_id": out.session_id, "status": out.status.value,
+        "agent_name": out.agent_name, "team_name": None, "metrics": out.metrics.to_dict(),
+        "tools": [{"tool_name": t.tool_name, "tool_call_error": t.tool_call_error,
+                   "duration": t.metrics.duration if t.metrics else None} for t in out.tools or []],
+        "messages": [{"role": m.role, "from_history": m.from_history,
+                      "metrics": m.metrics.to_dict() if m.metrics else None} for m in out.messages or []],
+    }
+
+
+def assert_matches_agno(s: Samples, runs: list[dict[str, Any]]) -> None:
+    """Every exported run figure equals the sum of agno's own per-run numbers."""
+    tokens: dict[tuple[str, str], int] = defaultdict(int)
+    count: dict[tuple[str, str], int] = defaultdict(int)
+    dur: dict[tuple[str, str], list[float]] = defaultdict(list)
+    ttft: dict[str, list[float]] = defaultdict(list)
+    tools: dict[tuple[str, str], int] = defaultdict(int)
+    for r in runs:
+        name = r["agent_name"] or r["team_name"]
+        m = r["metrics"] or {}
+        for f, ttype in TOKEN_FIELDS:
+            tokens[(name, ttype)] += m.get(f, 0)
+        count[(name, r["status"])] += 1
+        if m.get("duration") is not None:
+            dur[(name, r["status"])].append(m["duration"])
+        if m.get("time_to_first_token") is not None:
+            ttft[name].append(m["time_to_first_token"])
+        for t in r["tools"]:
+            tools[(name, t["tool_name"])] += 1
+    exported = s.group("agno_tokens_total", "name", "token_type")
+    assert {k: v for k, v in exported.items() if v} == {k: float(v) for k, v in tokens.items() if v}
+    assert s.group("agno_runs_total", "name", "status") == {k: float(v) for k, v in count.items()}
+    for (name, status), values in dur.items():
+        assert s.sum("agno_run_duration_seconds_count", name=name, status=status) == len(values)
+        assert abs(s.sum("agno_run_duration_seconds_sum", name=name, status=status) - sum(values)) < 1e-9
+    for name, values in ttft.items():
+        assert s.sum("agno_run_time_to_first_token_seconds_count", name=name) == len(values)
+        assert abs(s.sum("agno_run_time_to_first_token_seconds_sum", name=name) - sum(values)) < 1e-9
+    assert s.group("agno_tool_calls_total", "name", "tool") == {k: float(v) for k, v in tools.items()}
+    execs = [t for r in runs for t in r["tools"]]
+    assert s.sum("agno_tool_call_errors_total") == sum(1 for t in execs if t["tool_call_error"])
+    timed = [t["duration"] for t in execs if t["duration"] is not None]
+    assert s.sum("gen_ai_execute_tool_duration_seconds_count") == len(timed)
+    assert abs(s.sum("gen_ai_execute_tool_duration_seconds_sum") - sum(timed)) < 1e-9
+    calls = [m for r in runs for m in r["messages"] if m["role"] == "assistant" and not m["from_history"]]
+    assert s.sum("agno_model_calls_total") == len(calls)
+    assert s.sum("gen_ai_client_token_usage_sum", gen_ai_token_type="output") == sum(
+        v for (_, t), v in tokens.items() if t == "output")
+    op = [m["metrics"]["duration"] for m in calls if (m["metrics"] or {}).get("duration") is not None]
+    assert s.sum("gen_ai_client_operation_duration_seconds_count") == len(op)
+    assert abs(s.sum("gen_ai_client_operation_duration_seconds_sum") - sum(op)) < 1e-9
+
+
+def test_agno2_metrics_equal_agno_api(db_url: str, sim_url: str, agno2_python: str) -> None:
+    result = write_agno2(agno2_python, db_url, sim_url, "basic")
+    runs = result["runs"]
+    assert any(r["parent_run_id"] for r in runs) and any(r["status"] == "ERROR" for r in runs)
+
+    out = io.StringIO()
+    settings = load_settings(None, environ={}, overrides={"database": {"url": db_url}})
+    assert asyncio.run(run_check(settings, out)) == 0, out.getvalue()
+    assert "agno layout v2" in out.getvalue()
+
+    async def main() -> Samples:
+        service = make_service(db_url)
+        await service.start()
+        try:
+            await wait_counted(service, len(runs))
+            await asyncio.sleep(0.3)  # a few more polls: nothing more may appear
+            return Samples(await scrape_text(service.port))
+        finally:
+            await service.stop()
+
+    s = asyncio.run(main())
+    assert_matches_agno(s, runs)
+    assert s.sum("agno_runs_total", name="StockAgent") == 2  # member runs, counted once each
+    # Sessions: agno's stored session totals equal the sums of their runs (run one after another here).
+    top = {labels["session_id"]: v for labels, v in s.by_name["agno_session_top_tokens"]}
+    for sess in result["sessions"]:
+        sm = sess["metrics"] or {}
+        assert top.get(sess["session_id"], 0) == sm.get("input_tokens", 0) + sm.get("output_tokens", 0)
+    assert s.sum("agno_sessions_total") == len({r["session_id"] for r in runs})
+    assert s.sum("agno_session_disagreements_total") == 0
+
+
+def test_mid_migration_counts_each_run_once(db_url: str, sim_url: str, agno2_python: str) -> None:
+    from agno_app import AgnoApp
+
+    basic = write_agno2(agno2_python, db_url, sim_url, "basic")["runs"]
+    many = write_agno2(agno2_python, db_url, sim_url, "many", n=12, concurrency=4)["runs"]
+    legacy = basic + many
+    assert len({r["run_id"] for r in legacy}) == len(legacy)
+    sessions = sorted({r["session_id"] for r in legacy})
+
+    async def agno3_runs() -> list[dict[str, Any]]:
+        # The app upgraded to agno 3.x without migrating: new runs go to agno_runs only, also in an old session.
+        app = AgnoApp(db_url, sim_url)
+        try:
+            agent = app.agent("PlainAgent", tools=False)
+            old = next(r["session_id"] for r in basic if r["label"] == "session-1")
+            outs = [await app.run(agent, "And the day after?", session_id=old), await app.run(app.agent())]
+            return [agno3_truth(o) for o in outs]
+        finally:
+            await app.close()
+
+    async def main() -> None:
+        c = make_collector(db_url)
+        try:
+            # 1. agno 2.x only: everything from the legacy column.
+            assert (await c.poll_once()).counted == len(legacy)
+            assert c.source.layout is not None and c.source.layout.version == "v2"
+            # 2. agno 3.x's migration applied to half of the sessions: their runs are now in both places.
+            await asyncio.to_thread(migrate_sessions, db_url, sessions[::2])
+            assert (await c.poll_once()).counted == 0
+            assert c.source.layout.version == "mixed"
+            # 3. the upgraded app writes new runs: only those are new.
+            new = await agno3_runs()
+            assert (await c.poll_once()).counted == len(new)
+            # 4. the rest migrated (agno stamps every copied row with the migration time): nothing new.
+            await asyncio.to_thread(migrate_sessions, db_url)
+            assert (await c.poll_once()).counted == 0
+            everything = legacy + new
+            assert totals(c, "agno_runs") == len(everything)
+            assert totals(c, "agno_tokens") == truth_tokens(everything)
+        finally:
+            await close(c)
+        # A restarted exporter loads its totals and counts nothing again; a fresh one on the half-migrated
+        # database backfills both layouts and arrives at the same numbers.
+        c2 = make_collector(db_url)
+        try:
+            assert (await c2.poll_once()).counted == 0
+            assert totals(c2, "agno_tokens") == truth_tokens(everything)
+        finally:
+            await close(c2)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA agno_exporter CASCADE")
+            # make it half-migrated again: some runs only in the legacy column, some in both, some only in 3.x
+            conn.execute("DELETE FROM ai.agno_runs WHERE session_id = ANY(%s) AND run_id = ANY(%s)",
+                         (sessions[1::2], [r["run_id"] for r in legacy]))
+        c3 = make_collector(db_url, batch_size=3)
+        try:
+            assert (await c3.poll_once()).counted == len(everything)
+            assert totals(c3, "agno_tokens") == truth_tokens(everything)
+            assert (await c3.poll_once()).counted == 0
+        finally:
+            await close(c3)
+
+    asyncio.run(main())
+
+
+def test_agno2_out_of_order_saves_are_counted_once(db_url: str, sim_url: str, agno2_python: str) -> None:
+    runs = write_agno2(agno2_python, db_url, sim_url, "many", n=6, concurrency=2)["runs"]  # 3 runs a session
+    a, b = sorted({r["session_id"] for r in runs})
+    truth = truth_tokens(runs)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        blobs = dict(conn.execute("SELECT session_id, runs FROM ai.agno_sessions").fetchall())
+        # Both sessions back to how agno 2.x saved them while their runs were in flight.
+        for sid, blob in blobs.items():
+            conn.execute("UPDATE ai.agno_sessions SET runs = %s, updated_at = updated_at - 60 WHERE session_id = %s",
+                         (psycopg.types.json.Jsonb([{**e, "status": "RUNNING"} for e in blob]), sid))
+
+    async def main() -> None:
+        # clock_skew 0: the test must pass on the snapshot logic alone, not on a generous window.
+        c = make_collector(db_url, clock_skew=0.0)
+        try:
+            assert (await c.poll_once()).counted == 0
+            t1 = await psycopg.AsyncConnection.connect(db_url)
+            t2 = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+            save = "UPDATE ai.agno_sessions SET runs = %s, updated_at = %s WHERE session_id = %s"
+            try:
+                # T1 saves session a (its runs final) first but stays open ...
+                await t1.execute(save, (psycopg.types.json.Jsonb(blobs[a]), int(time.time()), a))
+                await asyncio.sleep(1.1)
+                # ... T2 saves session b a second later and commits first.
+                await t2.execute(save, (psycopg.types.json.Jsonb(blobs[b]), int(time.time()), b))
+                assert (await c.poll_once()).counted == len(blobs[b])
+                for _ in range(3):  # polls go on, time passes; the watermark must wait for T1
+                    await asyncio.sleep(0.6)
+                    assert (await c.poll_once()).counted == 0
+                await t1.commit()
+                assert (await c.poll_once()).counted == len(blobs[a])
+                assert (await c.poll_once()).counted == 0
+            finally:
+                await t1.close()
+                await t2.close()
+            assert totals(c, "agno_tokens") == truth
+        finally:
+            await close(c)
+
+    asyncio.run(main())
+
+
+def test_agno2_crash_mid_backfill_then_restart(db_url: str, sim_url: str, agno2_python: str) -> None:
+    runs = write_agno2(agno2_python, db_url, sim_url, "many", n=12, concurrency=4)["runs"]
+
+    class Crash(Exception):
+        pass
+
+    pages = 0
+
+    def crash_after_two_pages(_: Any) -> None:
+        nonlocal pages
+        pages += 1
+        if pages == 2:
+            raise Crash  # after the second page's commit, before the cursor is saved
+
+    async def main() -> None:
+        c = make_collector(db_url, batch_size=2)
+        c.on_commit = crash_after_two_pages
+        try:
+            with pytest.raises(Crash):
+                await c.poll_once()
+            assert 0 < totals(c, "agno_runs") < len(runs)
+        finally:
+            await close(c)
+        c2 = make_collector(db_url, batch_size=2)
+        try:
+            await c2.poll_once()
+            assert totals(c2, "agno_runs") == len(runs)
+            assert totals(c2, "agno_tokens") == truth_tokens(runs)
+            assert (await c2.poll_once()).counted == 0
+        finally:
+            await close(c2)
+
+    asyncio.run(main())
+
+
+def test_agno2_stuck_run_is_reported(db_url: str, sim_url: str, agno2_python: str) -> None:
+    write_agno2(agno2_python, db_url, sim_url, "stuck")
+    time.sleep(1.1)  # created_at is whole seconds: "older than 0 s" needs the next second
+
+    async def main() -> None:
+        c = make_collector(db_url, stuck_after=0.0)
+        try:
+            assert (await c.poll_once()).counted == 0
+            assert [(t, st, n, stuck) for t, _, st, n, stuck, _ in c.open_runs] == [("agent", "RUNNING", 1, 1)]
+        finally:
+            await close(c)
+
+    asyncio.run(main())
