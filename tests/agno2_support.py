@@ -189,13 +189,15 @@ def agno2_python() -> str:
 
 
 def write_agno2(python: str, db_url: str, llm_url: str, scenario: str = "basic", *, n: int = 30,
-                concurrency: int = 8, timeout: float = 180) -> dict[str, Any]:
+                concurrency: int = 8, timeout: float = 180, schema: str = "ai",
+                session_table: str | None = None) -> dict[str, Any]:
     """Run real agno 2.9 (``agno2_writer.py``) against ``db_url``; return what agno 2.9 reports.
 
     ``db_url`` is a libpq/psycopg URL (as the ``db_url`` fixture gives); the writer gets the SQLAlchemy form.
     """
     cmd = [python, "-I", str(WRITER), "--db-url", sqlalchemy_url(db_url), "--llm-url", llm_url,
-           "--scenario", scenario, "--n", str(n), "--concurrency", str(concurrency)]
+           "--scenario", scenario, "--n", str(n), "--concurrency", str(concurrency), "--schema", schema,
+           *(["--session-table", session_table] if session_table else [])]
     # -I: no PYTHONPATH, no user site, no script directory: the project's `exporter` is out of reach.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)

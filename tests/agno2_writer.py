@@ -64,8 +64,8 @@ def _dict(value: Any) -> Any:
 
 
 class App:
-    def __init__(self, db_url: str, llm_url: str) -> None:
-        self.db = PostgresDb(db_url=db_url)
+    def __init__(self, db_url: str, llm_url: str, schema: str = "ai", session_table: str | None = None) -> None:
+        self.db = PostgresDb(db_url=db_url, db_schema=schema, session_table=session_table)
         self.llm_url = llm_url
         self._models: list[OpenAIChat] = []
         self.runs: list[dict[str, Any]] = []
@@ -240,11 +240,13 @@ async def main() -> int:
     p.add_argument("--scenario", choices=["prepare", "basic", "many", "stuck"], default="basic")
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--schema", default="ai")
+    p.add_argument("--session-table", default=None, help="agno's session_table (default agno_sessions)")
     args = p.parse_args()
     # agno logs to stdout through rich: send fd 1 to stderr and keep the real stdout for the JSON result.
     result_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    app = App(args.db_url, args.llm_url)
+    app = App(args.db_url, args.llm_url, args.schema, args.session_table)
     try:
         if args.scenario == "prepare":  # only agno's own CREATE TABLE of agno_sessions (e.g. to add a trigger)
             app.db._get_table(table_type="sessions", create_table_if_not_found=True)

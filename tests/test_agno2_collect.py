@@ -172,6 +172,10 @@ def test_mid_migration_counts_each_run_once(db_url: str, sim_url: str, agno2_pyt
             await asyncio.to_thread(migrate_sessions, db_url, sessions[::2])
             assert (await c.poll_once()).counted == 0
             assert c.source.layout.version == "mixed"
+            out = io.StringIO()
+            settings = load_settings(None, environ={}, overrides={"database": {"url": db_url}})
+            assert await run_check(settings, out) == 0, out.getvalue()
+            assert "agno layout mixed" in out.getvalue() and "the runs table wins" in out.getvalue()
             # 3. the upgraded app writes new runs: only those are new.
             new = await agno3_runs()
             assert (await c.poll_once()).counted == len(new)
@@ -295,5 +299,26 @@ def test_agno2_stuck_run_is_reported(db_url: str, sim_url: str, agno2_python: st
             assert [(t, st, n, stuck) for t, _, st, n, stuck, _ in c.open_runs] == [("agent", "RUNNING", 1, 1)]
         finally:
             await close(c)
+
+    asyncio.run(main())
+
+
+def test_agno2_custom_schema_and_session_table(db_url: str, sim_url: str, agno2_python: str) -> None:
+    runs = write_agno2(agno2_python, db_url, sim_url, "many", n=3, concurrency=1, schema="app",
+                       session_table="my_sessions")["runs"]
+
+    async def main() -> None:
+        settings = load_settings(None, environ={}, overrides={
+            "database": {"url": db_url, "schema": "app", "session_table": "my_sessions"}})
+        out = io.StringIO()
+        assert await run_check(settings, out) == 0, out.getvalue()
+        assert "app.my_sessions with a legacy runs column" in out.getvalue()
+        service = make_service(db_url, database={"schema": "app", "session_table": "my_sessions"})
+        await service.start()
+        try:
+            await wait_counted(service, len(runs))
+            assert sum(v.total for v in service.store.series("agno_tokens").values()) == truth_tokens(runs)
+        finally:
+            await service.stop()
 
     asyncio.run(main())
