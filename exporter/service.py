@@ -160,9 +160,10 @@ class Service:
 
     def _trace_sink(self) -> Any:
         from .outbox import StateOutbox
-        from .traces import TraceSink, make_resource, make_span_exporter
+        from .traces import DeliveryMetrics, TraceSink, make_resource, make_span_exporter
 
         t = self.settings.traces
+        self.delivery_metrics = DeliveryMetrics(self.registry)
         self.span_exporter = make_span_exporter(t.endpoint, t.protocol, timeout=t.timeout)
         # The sink runs concurrently with the collector: it gets connections of its own, since
         # transactions of two tasks on one connection would interleave.
@@ -175,7 +176,7 @@ class Service:
                         active=lambda: self.collector.leadership.is_leader),
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
-            registry=self.registry,
+            metrics=self.delivery_metrics,
             batch_size=t.batch_size,
             capture_content=t.capture_content,
             min_backoff=t.min_backoff,

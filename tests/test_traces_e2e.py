@@ -424,7 +424,7 @@ async def _backend_down_then_back(db_url: str, sim_url: str, rx: OtlpReceiver) -
         def failing() -> bool:
             value = service.registry.get_sample_value
             # retried (not given up on), and a retry came after the last run was counted
-            return (value("agno_exporter_trace_export_errors_total") or 0) >= 3 and (
+            return (value("agno_exporter_trace_export_errors_total", {"origin": "runs"}) or 0) >= 3 and (
                 value("agno_exporter_trace_backlog_runs") == len(rows))
 
         await wait_until(failing, "failed export attempts over the whole backlog")
