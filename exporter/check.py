@@ -11,7 +11,7 @@ import psycopg
 
 from .config import Settings
 from .db import ConnectOptions, Database, redact
-from .source import discover
+from .source import SpansSource, discover
 from .state import PostgresState
 
 LAYOUT_READS = {"v3": "only the runs table", "v2": "only the legacy runs column", "mixed": "both"}
@@ -47,6 +47,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
             elif layout.version == "mixed":
                 say("ok", "mid-migration database: both are read; a run found in both counts once"
                           " (the runs table wins)")
+        say(*await _tracing_tables(settings, db))
     except psycopg.Error as exc:
         say("FAIL", f"database.url: cannot connect or read: {redact(str(exc), url).strip()}")
         return 1
@@ -66,3 +67,18 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     finally:
         await state_db.close()
     return 0 if ok else 1
+
+
+async def _tracing_tables(settings: Settings, db: Database) -> tuple[str, str]:
+    """Whether agno's own tracing tables exist. Missing is not a failure: agno creates them when its
+    tracing first writes, and the forwarder waits for them."""
+    d = settings.database
+    spans = SpansSource(db, d.schema_name, d.spans_table, d.traces_table)
+    found = await spans.tables()
+    forwarding = settings.traces.forward_agno_spans
+    if d.spans_table in found:
+        what = "forwarded" if forwarding else "not forwarded (traces.forward_agno_spans: false)"
+        return "ok", f"agno tracing tables: {', '.join(f'{d.schema_name}.{t}' for t in found)}; spans {what}"
+    wait = "; traces.forward_agno_spans waits for them" if forwarding else ""
+    return "--", (f"no agno tracing table {spans.key}: agno's tracing is off or has not written yet "
+                  f"(setup_tracing(db=...) or AgentOS tracing=True creates it){wait}")

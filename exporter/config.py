@@ -87,6 +87,9 @@ class DatabaseSettings(_Strict):
     runs_table: Identifier | None = Field(
         default=None, description="default: agno_runs, or <session_table>_runs for a custom session_table"
     )
+    # agno's PostgresDb(traces_table=..., spans_table=...): where agno's own tracing writes
+    traces_table: Identifier = "agno_traces"
+    spans_table: Identifier = "agno_spans"
     layout: Literal["auto", "v3", "v2", "mixed"] = "auto"
     statement_timeout: Duration = 30.0
     connect_timeout: Duration = 10.0
@@ -175,12 +178,29 @@ class TracesSettings(_Strict):
     min_backoff: Duration = 0.5
     max_backoff: Duration = 60.0
     poll_interval: Duration = Field(default=30.0, description="outbox re-check when no new run woke the sink")
+    # Also forward the spans agno's own tracing (setup_tracing / AgentOS) writes to database.spans_table,
+    # unchanged: agno's ids and exact times.
+    forward_agno_spans: bool = False
 
     @model_validator(mode="after")
     def _backoff(self) -> TracesSettings:
         if not 0 < self.min_backoff <= self.max_backoff:
             raise ValueError("need 0 < min_backoff <= max_backoff")
+        if self.forward_agno_spans and not self.on:
+            raise ValueError("forward_agno_spans needs traces on: set traces.endpoint or OTEL_EXPORTER_OTLP_ENDPOINT"
+                             " (and leave traces.enabled unset or true)")
         return self
+
+    @property
+    def on(self) -> bool:
+        """Explicit ``enabled``, else on when an OTLP endpoint is configured (here or in the environment)."""
+        if self.enabled is not None:
+            return self.enabled
+        return bool(
+            self.endpoint
+            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        )
 
 
 KNOWN_TOOLS = ("yfinance", "calculator", "sleep", "fail")
@@ -296,13 +316,7 @@ class Settings(_Strict):
 
     @property
     def traces_enabled(self) -> bool:
-        if self.traces.enabled is not None:
-            return self.traces.enabled
-        return bool(
-            self.traces.endpoint
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        )
+        return self.traces.on
 
 
 # ---------------------------------------------------------------------------------------------

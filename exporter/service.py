@@ -87,6 +87,9 @@ class Service:
         self.metrics = prom.SelfMetrics(self.registry, agno_version())
         self.wake = asyncio.Event()
         self.trace_sink: Any = None
+        self.agno_span_sink: Any = None
+        self.span_poller: Any = None
+        self.forwarding_dbs: tuple[Database, ...] = ()
         self.collector = RunCollector(
             self.source, self.state, self.store, self.metrics,
             CollectorOptions(
@@ -143,15 +146,22 @@ class Service:
                                    self.wake), name="collector"))
         if self.settings.traces_enabled:
             self.trace_sink = self._trace_sink()
-            self.tasks.append(asyncio.create_task(self._run_traces(self.trace_sink), name="traces"))
+            self.tasks.append(asyncio.create_task(self._run_sink(self.trace_state, self.trace_sink), name="traces"))
+            if self.settings.traces.forward_agno_spans:
+                self.span_poller, self.agno_span_sink, outbox_state = self._agno_span_forwarding()
+                self.tasks.append(asyncio.create_task(
+                    self.span_poller.run(self.settings.collector.poll_interval, self.settings.collector.max_backoff),
+                    name="agno-spans-poller"))
+                self.tasks.append(asyncio.create_task(self._run_sink(outbox_state, self.agno_span_sink),
+                                                      name="agno-spans"))
 
-    async def _run_traces(self, sink: Any) -> None:
+    async def _run_sink(self, state: PostgresState, sink: Any) -> None:
         """The outbox lives in the state schema, which may not exist yet on a fresh database: create it
         (idempotent, serialised with the collector's setup) before the first pass."""
         delay = 0.5
         while True:
             try:
-                await self.trace_state.setup()
+                await state.setup()
                 break
             except (psycopg.Error, OSError) as exc:
                 log.warning("traces: state schema not ready (%s); retrying in %.1fs", str(exc).strip(), delay)
@@ -161,9 +171,10 @@ class Service:
 
     def _trace_sink(self) -> Any:
         from .outbox import StateOutbox
-        from .traces import TraceSink, make_resource, make_span_exporter
+        from .traces import DeliveryMetrics, TraceSink, make_resource, make_span_exporter
 
         t = self.settings.traces
+        self.delivery_metrics = DeliveryMetrics(self.registry)
         self.span_exporter = make_span_exporter(t.endpoint, t.protocol, timeout=t.timeout)
         # The sink runs concurrently with the collector: it gets connections of its own, since
         # transactions of two tasks on one connection would interleave.
@@ -177,13 +188,54 @@ class Service:
                         active=lambda: self.collector.leadership.is_leader),
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
-            registry=self.registry,
+            metrics=self.delivery_metrics,
             batch_size=t.batch_size,
             capture_content=t.capture_content,
             min_backoff=t.min_backoff,
             max_backoff=t.max_backoff,
             poll_interval=t.poll_interval,
         )
+
+    def _agno_span_forwarding(self) -> tuple[Any, Any, PostgresState]:
+        """agno's own spans: a poller that queues them and a sink of their own (same delivery path,
+        origin="agno_tracing"), each on its own connections since they run concurrently."""
+        from .agno_spans import PollerOptions, SpanOutbox, SpanPoller
+        from .source import SpansSource
+        from .traces import ORIGIN_AGNO_TRACING, TraceSink, make_resource, make_span_exporter
+
+        s, t = self.settings, self.settings.traces
+        poll_db, poll_state_db, send_db, send_state_db = (
+            Database(opts) for opts in (self.source_db.opts, self.state_db.opts) * 2)
+        self.forwarding_dbs = (poll_db, poll_state_db, send_db, send_state_db)
+        leader = self.collector.leadership
+
+        def source(db: Database) -> SpansSource:
+            return SpansSource(db, s.database.schema_name, s.database.spans_table, s.database.traces_table)
+
+        key = source(poll_db).key  # names this table's cursor row and queue in the state
+        poller = SpanPoller(
+            source(poll_db), PostgresState(poll_state_db, s.state.schema_name, key), self.registry,
+            PollerOptions(batch_size=s.collector.batch_size, clock_skew=s.collector.clock_skew,
+                          max_lookback=s.collector.max_lookback, backfill=s.collector.backfill),
+            active=lambda: leader.is_leader)
+        outbox_state = PostgresState(send_state_db, s.state.schema_name, key)
+        resource = make_resource(t.resource_attributes)
+        # An exporter of its own: the two sinks export concurrently from worker threads.
+        self.agno_span_exporter = make_span_exporter(t.endpoint, t.protocol, timeout=t.timeout)
+        sink = TraceSink(
+            SpanOutbox(outbox_state, source(send_db), resource, self.metrics.rows_skipped,
+                       active=lambda: leader.is_leader),
+            self.agno_span_exporter,
+            resource=resource,
+            metrics=self.delivery_metrics,
+            origin=ORIGIN_AGNO_TRACING,
+            batch_size=t.batch_size,
+            min_backoff=t.min_backoff,
+            max_backoff=t.max_backoff,
+            poll_interval=t.poll_interval,
+        )
+        poller.on_queued = sink.notify
+        return poller, sink, outbox_state
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -196,6 +248,11 @@ class Service:
             self.span_exporter.shutdown()
             self.trace_sink = None
             for db in self.trace_dbs:
+                await db.close()
+        if self.agno_span_sink is not None:
+            self.agno_span_exporter.shutdown()
+            self.agno_span_sink = self.span_poller = None
+            for db in self.forwarding_dbs:
                 await db.close()
         if self.runner is not None:
             await self.runner.cleanup()

@@ -1,4 +1,4 @@
-"""Durable state: which runs are counted, the totals, the cursor and the trace outbox.
+"""Durable state: which runs are counted, the totals, the cursors and the trace outboxes.
 
 Lives in an exporter-owned schema (default ``agno_exporter``) of a Postgres database — agno's own
 database by default, or another one (``state.url``) when the exporter's role may only read agno's.
@@ -83,6 +83,12 @@ class PostgresState:
                 " last_seen double precision NOT NULL, PRIMARY KEY (source, session_id))",
                 "CREATE INDEX IF NOT EXISTS sessions_recent ON {s}.sessions (source, last_seen)",
                 "ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS disagreement boolean NOT NULL DEFAULT false",
+                # agno's own spans (traces.forward_agno_spans): the dedupe and the outbox in one row per span
+                "CREATE TABLE IF NOT EXISTS {s}.forwarded_spans (source text NOT NULL, span_id text NOT NULL,"
+                " queued_at double precision NOT NULL, exported boolean NOT NULL DEFAULT false,"
+                " PRIMARY KEY (source, span_id))",
+                "CREATE INDEX IF NOT EXISTS forwarded_spans_pending ON {s}.forwarded_spans (source, queued_at)"
+                " WHERE NOT exported",
                 "INSERT INTO {s}.meta VALUES ('schema_version', '1') ON CONFLICT DO NOTHING",
             ):
                 await conn.execute(self._q(stmt))
@@ -344,6 +350,43 @@ class PostgresState:
             )
             row = await cur.fetchone()
         return int(row["n"]) if row else 0
+
+    # --- agno's own spans (exporter.agno_spans) ------------------------------------------------
+
+    async def queue_spans(self, span_ids: Sequence[str], now: float) -> list[str]:
+        """Queue spans for forwarding; returns the ids that were new (the primary key is the dedupe:
+        a span queued once is never queued again, across restarts and replicas)."""
+        if not span_ids:
+            return []
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q(
+                    "INSERT INTO {s}.forwarded_spans (source, span_id, queued_at)"
+                    " SELECT %s, id, %s FROM unnest(%s::text[]) AS t(id) ON CONFLICT DO NOTHING RETURNING span_id"
+                ),
+                (self.source, now, list(span_ids)),
+            )
+            return [r["span_id"] for r in await cur.fetchall()]
+
+    async def pending_spans(self, limit: int) -> list[str]:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q(
+                    "SELECT span_id FROM {s}.forwarded_spans WHERE source = %s AND NOT exported"
+                    " ORDER BY queued_at, span_id LIMIT %s"
+                ),
+                (self.source, limit),
+            )
+            return [r["span_id"] for r in await cur.fetchall()]
+
+    async def mark_spans_exported(self, span_ids: Sequence[str]) -> None:
+        if not span_ids:
+            return
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                self._q("UPDATE {s}.forwarded_spans SET exported = true WHERE source = %s AND span_id = ANY(%s)"),
+                (self.source, list(span_ids)),
+            )
 
 
 Setup = Callable[[], Awaitable[None]]

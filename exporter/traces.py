@@ -14,6 +14,10 @@ Why it looks like this
   ``SUCCESS``. A backend that is down only makes the outbox backlog grow; memory holds at most
   ``batch_size`` runs. Delivery is at least once: a crash between export and mark re-sends the
   same ids, which trace backends treat as the same spans.
+* **One delivery path for every outbox.** The sink only knows :class:`Pending` items (a key for the
+  outbox, and how to build their spans): runs (:class:`PendingTrace`) and agno's own spans
+  (:mod:`exporter.agno_spans`) go through the same export, probe, backoff and counters, told apart
+  by the ``origin`` label (``runs`` / ``agno_tracing``).
 
 Span tree (GenAI semantic conventions, agent spans)
 ---------------------------------------------------
@@ -56,8 +60,8 @@ Dropped spans
 -------------
 ``agno_exporter_spans_dropped_total`` counts spans given up on, never silently:
 
-* a run whose spans cannot be built (a bug met on unexpected data): logged with its run id and
-  marked exported at once, since building it again gives the same error;
+* a run whose spans cannot be built (a bug met on unexpected data): logged with its key (run id)
+  and marked exported at once, since building it again gives the same error;
 * a run the backend keeps rejecting while it accepts other requests: when an export fails, the
   sink sends an empty export as a probe. Probe failing means the backend is down: back off and
   retry everything later, nothing is dropped however long it lasts. Probe succeeding means the
@@ -570,6 +574,21 @@ def make_span_exporter(
 # delivery
 
 
+class Pending(Protocol):
+    """One outbox entry whose spans wait for delivery; ``key`` names it to its outbox."""
+
+    @property
+    def key(self) -> str: ...
+
+    def build(self, resource: Resource, capture_content: bool) -> list[ReadableSpan]:
+        """Its spans; deterministic, so an error here is given up on (counted as dropped)."""
+        ...
+
+    def span_count(self) -> int:
+        """How many spans :meth:`build` makes, also when it fails (for the dropped counter)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class PendingTrace:
     """A run collected but not yet exported as spans; ``root_run_id`` names its trace."""
@@ -577,15 +596,73 @@ class PendingTrace:
     record: RunRecord
     root_run_id: str
 
+    @property
+    def key(self) -> str:
+        return self.record.run_id
+
+    def build(self, resource: Resource, capture_content: bool) -> list[ReadableSpan]:
+        return build_spans(self.record, root_run_id=self.root_run_id, parent_run_id=self.record.parent_run_id,
+                           resource=resource, capture_content=capture_content)
+
+    def span_count(self) -> int:
+        return expected_span_count(self.record)
+
 
 class TraceOutbox(Protocol):
-    """Durable list of runs whose spans are still to be exported (implemented on Postgres state)."""
+    """Durable list of entries whose spans are still to be exported (implemented on Postgres state)."""
 
-    async def pending(self, limit: int) -> Sequence[PendingTrace]:
-        """At most ``limit`` runs not yet exported, oldest first."""
+    async def pending(self, limit: int) -> Sequence[Pending]:
+        """At most ``limit`` entries not yet exported, oldest first."""
         ...
 
-    async def mark_exported(self, run_ids: Sequence[str]) -> None: ...
+    async def mark_exported(self, keys: Sequence[str]) -> None: ...
+
+
+ORIGIN_RUNS = "runs"  # spans built from agno's runs
+ORIGIN_AGNO_TRACING = "agno_tracing"  # agno's own spans, forwarded as they are
+
+_BACKLOG = {
+    ORIGIN_RUNS: ("agno_exporter_trace_backlog_runs",
+                  "Runs waiting for span export, as seen by the last pass (at most the batch size)."),
+    ORIGIN_AGNO_TRACING: ("agno_exporter_agno_spans_backlog",
+                          "Spans of agno's own tracing waiting to be forwarded, as seen by the last pass "
+                          "(at most the batch size)."),
+}
+
+
+class DeliveryMetrics:
+    """Span delivery self-metrics, registered once per registry and shared by every sink on it;
+    the ``origin`` label tells the sinks apart. The backlog is a gauge per origin: its unit differs
+    (runs, spans)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.exported = Counter("agno_exporter_spans_exported", "Spans the trace backend accepted.", ["origin"],
+                                registry=registry)
+        self.failed = Counter(
+            "agno_exporter_spans_failed",
+            "Spans in export attempts that failed (retried later; a span retried n times counts n times).",
+            ["origin"], registry=registry)
+        self.dropped = Counter(
+            "agno_exporter_spans_dropped",
+            "Spans given up on: spans that cannot be built or that the backend keeps rejecting.",
+            ["origin"], registry=registry)
+        self.errors = Counter("agno_exporter_trace_export_errors", "Span export requests that failed.", ["origin"],
+                              registry=registry)
+        self.duration = Histogram(
+            "agno_exporter_trace_export_duration_seconds",
+            "Duration of one span export request, failed ones included.",
+            ["origin"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=registry,
+        )
+        self._backlogs: dict[str, Gauge] = {}
+
+    def backlog(self, origin: str) -> Gauge:
+        if origin not in self._backlogs:
+            name, doc = _BACKLOG[origin]
+            self._backlogs[origin] = Gauge(name, doc, registry=self.registry)
+        return self._backlogs[origin]
 
 
 class _Outcome(enum.Enum):
@@ -603,12 +680,12 @@ class _Pass(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class _Built:
-    run_id: str
+    key: str
     spans: list[ReadableSpan]
 
 
 class TraceSink:
-    """Exports pending runs from the outbox through a ``SpanExporter``; see the module docstring."""
+    """Exports pending entries from an outbox through a ``SpanExporter``; see the module docstring."""
 
     def __init__(
         self,
@@ -616,7 +693,9 @@ class TraceSink:
         exporter: SpanExporter,
         *,
         resource: Resource,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | None = None,
+        metrics: DeliveryMetrics | None = None,
+        origin: str = ORIGIN_RUNS,
         batch_size: int = 256,
         max_backoff: float = 60.0,
         min_backoff: float = 0.5,
@@ -648,42 +727,24 @@ class TraceSink:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rejections: dict[str, int] = {}  # run id -> consecutive rejections while the backend is up
+        self._rejections: dict[str, int] = {}  # key -> consecutive rejections while the backend is up
 
-        self.spans_exported = Counter(
-            "agno_exporter_spans_exported",
-            "Spans the trace backend accepted.",
-            registry=registry,
-        )
-        self.spans_failed = Counter(
-            "agno_exporter_spans_failed",
-            "Spans in export attempts that failed (retried later; a span retried n times counts n times).",
-            registry=registry,
-        )
-        self.spans_dropped = Counter(
-            "agno_exporter_spans_dropped",
-            "Spans given up on: runs whose spans cannot be built or that the backend keeps rejecting.",
-            registry=registry,
-        )
-        self.export_errors = Counter(
-            "agno_exporter_trace_export_errors",
-            "Span export requests that failed.",
-            registry=registry,
-        )
-        self.backlog = Gauge(
-            "agno_exporter_trace_backlog_runs",
-            "Runs waiting for span export, as seen by the last pass (at most the batch size).",
-            registry=registry,
-        )
-        self.export_duration = Histogram(
-            "agno_exporter_trace_export_duration_seconds",
-            "Duration of one span export request, failed ones included.",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-            registry=registry,
-        )
+        if metrics is None:
+            if registry is None:
+                raise ValueError("give a registry or the shared DeliveryMetrics")
+            metrics = DeliveryMetrics(registry)
+        if origin not in _BACKLOG:
+            raise ValueError(f"unknown origin {origin!r}")
+        self.origin = origin
+        self.spans_exported = metrics.exported.labels(origin)
+        self.spans_failed = metrics.failed.labels(origin)
+        self.spans_dropped = metrics.dropped.labels(origin)
+        self.export_errors = metrics.errors.labels(origin)
+        self.export_duration = metrics.duration.labels(origin)
+        self.backlog = metrics.backlog(origin)
 
     def notify(self) -> None:
-        """New runs were committed: start a pass now (callable from any thread)."""
+        """New entries were committed to the outbox: start a pass now (callable from any thread)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             self._wake.set()
@@ -722,7 +783,7 @@ class TraceSink:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
 
     async def flush_once(self) -> int:
-        """One pass over at most ``batch_size`` pending runs; returns how many were exported."""
+        """One pass over at most ``batch_size`` pending entries; returns how many were exported."""
         exported, _ = await self._pass()
         return exported
 
@@ -741,9 +802,9 @@ class TraceSink:
             built, unbuildable = await asyncio.to_thread(self._build_batch, batch)
             del batch
             if unbuildable:
-                await self._outbox.mark_exported([run_id for run_id, _ in unbuildable])
+                await self._outbox.mark_exported([key for key, _ in unbuildable])
                 self.spans_dropped.inc(sum(n for _, n in unbuildable))
-            live = {b.run_id for b in built}
+            live = {b.key for b in built}
             self._rejections = {k: v for k, v in self._rejections.items() if k in live}
 
             exported = 0
@@ -762,29 +823,22 @@ class TraceSink:
                 self.backlog.set(0)  # everything this pass saw was delivered (or dropped)
             return exported, _Pass.MORE if full else _Pass.DONE
 
-    def _build_batch(self, batch: Sequence[PendingTrace]) -> tuple[list[_Built], list[tuple[str, int]]]:
+    def _build_batch(self, batch: Sequence[Pending]) -> tuple[list[_Built], list[tuple[str, int]]]:
         built: list[_Built] = []
         unbuildable: list[tuple[str, int]] = []
         for item in batch:
-            record = item.record
             try:
-                spans = build_spans(
-                    record,
-                    root_run_id=item.root_run_id,
-                    parent_run_id=record.parent_run_id,
-                    resource=self._resource,
-                    capture_content=self._capture_content,
-                )
+                spans = item.build(self._resource, self._capture_content)
             except Exception:
-                # Building is deterministic: retrying gives the same error, so give up on this run.
-                log.exception("cannot build spans of run %s; dropping them", record.run_id)
-                unbuildable.append((record.run_id, expected_span_count(record)))
+                # Building is deterministic: retrying gives the same error, so give up on this entry.
+                log.exception("cannot build spans of %s %s; dropping them", self.origin, item.key)
+                unbuildable.append((item.key, item.span_count()))
                 continue
-            built.append(_Built(record.run_id, spans))
+            built.append(_Built(item.key, spans))
         return built, unbuildable
 
     def _chunks(self, built: list[_Built]) -> list[list[_Built]]:
-        """Whole runs per export request, at most ``max_spans_per_export`` spans (a bigger run alone)."""
+        """Whole entries per export request, at most ``max_spans_per_export`` spans (a bigger one alone)."""
         chunks: list[list[_Built]] = []
         current: list[_Built] = []
         size = 0
@@ -801,29 +855,30 @@ class TraceSink:
     async def _deliver(self, items: list[_Built]) -> tuple[_Outcome, int]:
         spans = [span for item in items for span in item.spans]
         if await self._export(spans):
-            await self._outbox.mark_exported([item.run_id for item in items])
+            await self._outbox.mark_exported([item.key for item in items])
             for item in items:
-                self._rejections.pop(item.run_id, None)
+                self._rejections.pop(item.key, None)
             return _Outcome.OK, len(items)
         if not await self._probe():
             return _Outcome.DOWN, 0
         if len(items) == 1:
             item = items[0]
-            rejections = self._rejections.get(item.run_id, 0) + 1
+            rejections = self._rejections.get(item.key, 0) + 1
             if rejections >= self._drop_after:
                 log.error(
-                    "trace backend rejected the spans of run %s %d times while accepting other requests; "
+                    "trace backend rejected the spans of %s %s %d times while accepting other requests; "
                     "dropping them",
-                    item.run_id,
+                    self.origin,
+                    item.key,
                     rejections,
                 )
-                await self._outbox.mark_exported([item.run_id])
+                await self._outbox.mark_exported([item.key])
                 self.spans_dropped.inc(len(item.spans))
-                self._rejections.pop(item.run_id, None)
+                self._rejections.pop(item.key, None)
             else:
-                self._rejections[item.run_id] = rejections
+                self._rejections[item.key] = rejections
             return _Outcome.REJECTED, 0
-        # The backend is up but refused the batch: split it to find the run it refuses.
+        # The backend is up but refused the batch: split it to find the entry it refuses.
         mid = len(items) // 2
         total = 0
         worst = _Outcome.OK

@@ -39,3 +39,16 @@ def sim_url() -> Iterator[str]:
     yield server.url
     loop.run(server.close())
     loop.close()
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Hermetic OTel environment; a short per-request timeout so a refused export fails at once
+    (the HTTP exporter retries refused connections with 1 s, 2 s, 4 s... backoff within its timeout)."""
+    for var in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+                "OTEL_EXPORTER_OTLP_TIMEOUT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")  # seconds in the Python SDK
+    yield

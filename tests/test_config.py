@@ -86,3 +86,24 @@ def test_durations() -> None:
     assert parse_duration("1.5h") == 5400
     with pytest.raises(ValueError):
         parse_duration("-1s")
+
+
+def test_forwarding_agno_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings(None, environ={})
+    assert not s.traces.forward_agno_spans
+    assert (s.database.traces_table, s.database.spans_table) == ("agno_traces", "agno_spans")  # agno's defaults
+    env = {"AGNO_EXPORTER_TRACES__FORWARD_AGNO_SPANS": "true", "AGNO_EXPORTER_TRACES__ENDPOINT": "http://otel:4318",
+           "AGNO_EXPORTER_DATABASE__SPANS_TABLE": "my_spans"}
+    s = load_settings(None, environ=env)
+    assert s.traces.forward_agno_spans and s.database.spans_table == "my_spans"
+    # Forwarding without anywhere to send to is a configuration error, not a silent no-op.
+    with pytest.raises(ConfigError, match="traces: forward_agno_spans needs traces on"):
+        load_settings(None, environ={"AGNO_EXPORTER_TRACES__FORWARD_AGNO_SPANS": "true"})
+    with pytest.raises(ConfigError, match="traces: forward_agno_spans needs traces on"):
+        load_settings(None, environ={**env, "AGNO_EXPORTER_TRACES__ENABLED": "false"})
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318")
+    assert load_settings(None, environ={"AGNO_EXPORTER_TRACES__FORWARD_AGNO_SPANS": "yes"}).traces.forward_agno_spans
+    with pytest.raises(ConfigError, match=r"database\.spans_table: 'a b' is not a plain SQL identifier"):
+        load_settings(None, environ={"AGNO_EXPORTER_DATABASE__SPANS_TABLE": "a b"})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -30,17 +30,7 @@ STATUS_UNSET = Status.StatusCode.STATUS_CODE_UNSET
 STATUS_ERROR = Status.StatusCode.STATUS_CODE_ERROR
 
 
-@pytest.fixture(autouse=True)
-def otel_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Hermetic OTel environment; a short per-request timeout so a refused export fails at once
-    (the HTTP exporter retries refused connections with 1 s, 2 s, 4 s... backoff within its timeout)."""
-    for var in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS",
-                "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_COMPRESSION",
-                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
-                "OTEL_EXPORTER_OTLP_TIMEOUT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0.5")  # seconds in the Python SDK
-    yield
+pytestmark = pytest.mark.usefixtures("otel_env")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +414,7 @@ async def _backend_down_then_back(db_url: str, sim_url: str, rx: OtlpReceiver) -
         def failing() -> bool:
             value = service.registry.get_sample_value
             # retried (not given up on), and a retry came after the last run was counted
-            return (value("agno_exporter_trace_export_errors_total") or 0) >= 3 and (
+            return (value("agno_exporter_trace_export_errors_total", {"origin": "runs"}) or 0) >= 3 and (
                 value("agno_exporter_trace_backlog_runs") == len(rows))
 
         await wait_until(failing, "failed export attempts over the whole backlog")
