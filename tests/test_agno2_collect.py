@@ -17,9 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 from agno2_support import migrate_sessions, write_agno2
+from otlp_receiver import OtlpReceiver
 from prometheus_client import CollectorRegistry
 from scrape import Samples, scrape_text
 from test_collect_e2e import make_service, wait_counted
+from test_traces_e2e import all_exported, start_traced_service, wait_until
 
 from exporter import prom
 from exporter.check import run_check
@@ -120,18 +122,32 @@ def test_agno2_metrics_equal_agno_api(db_url: str, sim_url: str, agno2_python: s
     assert asyncio.run(run_check(settings, out)) == 0, out.getvalue()
     assert "agno layout v2" in out.getvalue()
 
-    async def main() -> Samples:
-        service = make_service(db_url)
+    async def main(rx: OtlpReceiver) -> Samples:
+        service = start_traced_service(db_url, rx)
         await service.start()
         try:
             await wait_counted(service, len(runs))
+            await wait_until(all_exported(db_url, {r["run_id"] for r in runs}), "every run's spans exported")
             await asyncio.sleep(0.3)  # a few more polls: nothing more may appear
             return Samples(await scrape_text(service.port))
         finally:
             await service.stop()
 
-    s = asyncio.run(main())
+    with OtlpReceiver() as rx:
+        s = asyncio.run(main(rx))
+        spans = rx.spans()
     assert_matches_agno(s, runs)
+    # Spans of agno 2.x runs: one invoke_agent span per run, members under their team run, agno's tokens.
+    top = {sp.attributes["agno.run_id"]: sp for sp in spans if sp.name.startswith("invoke_agent ")}
+    assert set(top) == {r["run_id"] for r in runs}
+    for r in runs:
+        span, m = top[r["run_id"]], r["metrics"] or {}
+        assert span.attributes.get("gen_ai.usage.input_tokens", 0) == m.get("input_tokens", 0)
+        assert span.attributes.get("gen_ai.usage.output_tokens", 0) == m.get("output_tokens", 0)
+        assert (span.status_code == 2) == (r["status"] == "ERROR")
+        if r["parent_run_id"]:
+            parent = top[r["parent_run_id"]]
+            assert (span.trace_id, span.parent_span_id) == (parent.trace_id, parent.span_id)
     assert s.sum("agno_runs_total", name="StockAgent") == 2  # member runs, counted once each
     # Sessions: agno's stored session totals equal the sums of their runs (run one after another here).
     top = {labels["session_id"]: v for labels, v in s.by_name["agno_session_top_tokens"]}
