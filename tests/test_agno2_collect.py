@@ -10,106 +10,22 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 import pytest
 from agno2_support import migrate_sessions, write_agno2
 from otlp_receiver import OtlpReceiver
-from prometheus_client import CollectorRegistry
 from scrape import Samples, scrape_text
 from test_collect_e2e import make_service, wait_counted
+from test_exactly_once import close, exported_runs, exported_tokens, make_collector
 from test_traces_e2e import all_exported, start_traced_service, wait_until
+from truth import assert_matches_agno, run_truth, truth_tokens
 
-from exporter import prom
 from exporter.check import run_check
-from exporter.collector import CollectorOptions, RunCollector
 from exporter.config import load_settings
-from exporter.db import ConnectOptions, Database
-from exporter.readers import AgnoSource
-from exporter.records import TOKEN_FIELDS
-from exporter.state import PostgresState
 
 pytestmark = pytest.mark.slow
-
-
-def make_collector(db_url: str, **opts: Any) -> RunCollector:
-    # rediscover=0: the layout changes under the collector in these tests (migration, upgraded app)
-    source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions",
-                        rediscover=0)
-    state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", source.key)
-    return RunCollector(source, state, prom.new_store(300), prom.SelfMetrics(CollectorRegistry(), "test"),
-                        CollectorOptions(**opts))
-
-
-async def close(c: RunCollector) -> None:
-    await c.source.db.close()
-    await c.state.db.close()
-
-
-def totals(c: RunCollector, family: str) -> float:
-    return sum(s.total for s in c.store.series(family).values())
-
-
-def truth_tokens(runs: Iterable[dict[str, Any]]) -> int:
-    return sum((r["metrics"] or {}).get(f, 0) for r in runs for f, _ in TOKEN_FIELDS)
-
-
-def agno3_truth(out: Any) -> dict[str, Any]:
-    """An agno 3.x RunOutput in the writer's shape (see agno2_writer.App.record)."""
-    return {
-        "run_id": out.run_id, "session_id": out.session_id, "status": out.status.value,
-        "agent_name": out.agent_name, "team_name": None, "metrics": out.metrics.to_dict(),
-        "tools": [{"tool_name": t.tool_name, "tool_call_error": t.tool_call_error,
-                   "duration": t.metrics.duration if t.metrics else None} for t in out.tools or []],
-        "messages": [{"role": m.role, "from_history": m.from_history,
-                      "metrics": m.metrics.to_dict() if m.metrics else None} for m in out.messages or []],
-    }
-
-
-def assert_matches_agno(s: Samples, runs: list[dict[str, Any]]) -> None:
-    """Every exported run figure equals the sum of agno's own per-run numbers."""
-    tokens: dict[tuple[str, str], int] = defaultdict(int)
-    count: dict[tuple[str, str], int] = defaultdict(int)
-    dur: dict[tuple[str, str], list[float]] = defaultdict(list)
-    ttft: dict[str, list[float]] = defaultdict(list)
-    tools: dict[tuple[str, str], int] = defaultdict(int)
-    for r in runs:
-        name = r["agent_name"] or r["team_name"]
-        m = r["metrics"] or {}
-        for f, ttype in TOKEN_FIELDS:
-            tokens[(name, ttype)] += m.get(f, 0)
-        count[(name, r["status"])] += 1
-        if m.get("duration") is not None:
-            dur[(name, r["status"])].append(m["duration"])
-        if m.get("time_to_first_token") is not None:
-            ttft[name].append(m["time_to_first_token"])
-        for t in r["tools"]:
-            tools[(name, t["tool_name"])] += 1
-    exported = s.group("agno_tokens_total", "name", "token_type")
-    assert {k: v for k, v in exported.items() if v} == {k: float(v) for k, v in tokens.items() if v}
-    assert s.group("agno_runs_total", "name", "status") == {k: float(v) for k, v in count.items()}
-    for (name, status), values in dur.items():
-        assert s.sum("agno_run_duration_seconds_count", name=name, status=status) == len(values)
-        assert abs(s.sum("agno_run_duration_seconds_sum", name=name, status=status) - sum(values)) < 1e-9
-    for name, values in ttft.items():
-        assert s.sum("agno_run_time_to_first_token_seconds_count", name=name) == len(values)
-        assert abs(s.sum("agno_run_time_to_first_token_seconds_sum", name=name) - sum(values)) < 1e-9
-    assert s.group("agno_tool_calls_total", "name", "tool") == {k: float(v) for k, v in tools.items()}
-    execs = [t for r in runs for t in r["tools"]]
-    assert s.sum("agno_tool_call_errors_total") == sum(1 for t in execs if t["tool_call_error"])
-    timed = [t["duration"] for t in execs if t["duration"] is not None]
-    assert s.sum("gen_ai_execute_tool_duration_seconds_count") == len(timed)
-    assert abs(s.sum("gen_ai_execute_tool_duration_seconds_sum") - sum(timed)) < 1e-9
-    calls = [m for r in runs for m in r["messages"] if m["role"] == "assistant" and not m["from_history"]]
-    assert s.sum("agno_model_calls_total") == len(calls)
-    assert s.sum("gen_ai_client_token_usage_sum", gen_ai_token_type="output") == sum(
-        v for (_, t), v in tokens.items() if t == "output")
-    op = [m["metrics"]["duration"] for m in calls if (m["metrics"] or {}).get("duration") is not None]
-    assert s.sum("gen_ai_client_operation_duration_seconds_count") == len(op)
-    assert abs(s.sum("gen_ai_client_operation_duration_seconds_sum") - sum(op)) < 1e-9
 
 
 def test_agno2_metrics_equal_agno_api(db_url: str, sim_url: str, agno2_python: str) -> None:
@@ -174,12 +90,12 @@ def test_mid_migration_counts_each_run_once(db_url: str, sim_url: str, agno2_pyt
             agent = app.agent("PlainAgent", tools=False)
             old = next(r["session_id"] for r in basic if r["label"] == "session-1")
             outs = [await app.run(agent, "And the day after?", session_id=old), await app.run(app.agent())]
-            return [agno3_truth(o) for o in outs]
+            return [run_truth(o) for o in outs]
         finally:
             await app.close()
 
     async def main() -> None:
-        c = make_collector(db_url)
+        c = make_collector(db_url, rediscover=0)
         try:
             # 1. agno 2.x only: everything from the legacy column.
             assert (await c.poll_once()).counted == len(legacy)
@@ -199,16 +115,16 @@ def test_mid_migration_counts_each_run_once(db_url: str, sim_url: str, agno2_pyt
             await asyncio.to_thread(migrate_sessions, db_url)
             assert (await c.poll_once()).counted == 0
             everything = legacy + new
-            assert totals(c, "agno_runs") == len(everything)
-            assert totals(c, "agno_tokens") == truth_tokens(everything)
+            assert exported_runs(c) == len(everything)
+            assert exported_tokens(c) == truth_tokens(everything)
         finally:
             await close(c)
         # A restarted exporter loads its totals and counts nothing again; a fresh one on the half-migrated
         # database backfills both layouts and arrives at the same numbers.
-        c2 = make_collector(db_url)
+        c2 = make_collector(db_url, rediscover=0)
         try:
             assert (await c2.poll_once()).counted == 0
-            assert totals(c2, "agno_tokens") == truth_tokens(everything)
+            assert exported_tokens(c2) == truth_tokens(everything)
         finally:
             await close(c2)
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -216,10 +132,10 @@ def test_mid_migration_counts_each_run_once(db_url: str, sim_url: str, agno2_pyt
             # make it half-migrated again: some runs only in the legacy column, some in both, some only in 3.x
             conn.execute("DELETE FROM ai.agno_runs WHERE session_id = ANY(%s) AND run_id = ANY(%s)",
                          (sessions[1::2], [r["run_id"] for r in legacy]))
-        c3 = make_collector(db_url, batch_size=3)
+        c3 = make_collector(db_url, rediscover=0, batch_size=3)
         try:
             assert (await c3.poll_once()).counted == len(everything)
-            assert totals(c3, "agno_tokens") == truth_tokens(everything)
+            assert exported_tokens(c3) == truth_tokens(everything)
             assert (await c3.poll_once()).counted == 0
         finally:
             await close(c3)
@@ -240,7 +156,7 @@ def test_agno2_out_of_order_saves_are_counted_once(db_url: str, sim_url: str, ag
 
     async def main() -> None:
         # clock_skew 0: the test must pass on the snapshot logic alone, not on a generous window.
-        c = make_collector(db_url, clock_skew=0.0)
+        c = make_collector(db_url, rediscover=0, clock_skew=0.0)
         try:
             assert (await c.poll_once()).counted == 0
             t1 = await psycopg.AsyncConnection.connect(db_url)
@@ -262,7 +178,7 @@ def test_agno2_out_of_order_saves_are_counted_once(db_url: str, sim_url: str, ag
             finally:
                 await t1.close()
                 await t2.close()
-            assert totals(c, "agno_tokens") == truth
+            assert exported_tokens(c) == truth
         finally:
             await close(c)
 
@@ -284,19 +200,19 @@ def test_agno2_crash_mid_backfill_then_restart(db_url: str, sim_url: str, agno2_
             raise Crash  # after the second page's commit, before the cursor is saved
 
     async def main() -> None:
-        c = make_collector(db_url, batch_size=2)
+        c = make_collector(db_url, rediscover=0, batch_size=2)
         c.on_commit = crash_after_two_pages
         try:
             with pytest.raises(Crash):
                 await c.poll_once()
-            assert 0 < totals(c, "agno_runs") < len(runs)
+            assert 0 < exported_runs(c) < len(runs)
         finally:
             await close(c)
-        c2 = make_collector(db_url, batch_size=2)
+        c2 = make_collector(db_url, rediscover=0, batch_size=2)
         try:
             await c2.poll_once()
-            assert totals(c2, "agno_runs") == len(runs)
-            assert totals(c2, "agno_tokens") == truth_tokens(runs)
+            assert exported_runs(c2) == len(runs)
+            assert exported_tokens(c2) == truth_tokens(runs)
             assert (await c2.poll_once()).counted == 0
         finally:
             await close(c2)
@@ -309,7 +225,7 @@ def test_agno2_stuck_run_is_reported(db_url: str, sim_url: str, agno2_python: st
     time.sleep(1.1)  # created_at is whole seconds: "older than 0 s" needs the next second
 
     async def main() -> None:
-        c = make_collector(db_url, stuck_after=0.0)
+        c = make_collector(db_url, rediscover=0, stuck_after=0.0)
         try:
             assert (await c.poll_once()).counted == 0
             assert [(t, st, n, stuck) for t, _, st, n, stuck, _ in c.open_runs] == [("agent", "RUNNING", 1, 1)]

@@ -24,8 +24,10 @@ from exporter.readers import AgnoSource
 from exporter.state import PostgresState
 
 
-def make_collector(db_url: str, **opts: Any) -> RunCollector:
-    source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions")
+def make_collector(db_url: str, rediscover: float = 300.0, **opts: Any) -> RunCollector:
+    """rediscover=0 when the layout changes under the collector (agno 3.x's migration, an upgraded app)."""
+    source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions",
+                        rediscover=rediscover)
     state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", source.key)
     return RunCollector(source, state, prom.new_store(300), prom.SelfMetrics(CollectorRegistry(), "test"),
                         CollectorOptions(**opts))
