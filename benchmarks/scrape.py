@@ -7,12 +7,18 @@ The series come from real records: the captured agno rows under many agent/team 
 into observations by the exporter's own code, until the store holds the wanted number of series.
 The baseline holds exactly the same series in prometheus_client's native Counter and Histogram
 objects (the same observations, exemplars included); both are rendered by the same encoder, in
-OpenMetrics (what Prometheus asks for first) and in the classic text format.
+OpenMetrics (what Prometheus asks for first) and in the classic text format, ours the way
+``/metrics`` does it (:func:`exporter.exposition.render`). Before each timed render a poll's worth
+of observations (``POLL_OBSERVATIONS``, random ones) is added, so the cache of unchanged series is
+measured with the churn a scrape really sees.
 """
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -20,11 +26,14 @@ from prometheus_client.exposition import generate_latest as text
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 
 from exporter import prom
+from exporter.exposition import render
 from exporter.records import build_run_record
 from exporter.series import Observation, SeriesStore
 
 from .capture import Captured
 from .harness import median
+
+POLL_OBSERVATIONS = 100  # observations a poll adds between two scrapes
 
 
 def prometheus_series(store: SeriesStore) -> int:
@@ -56,7 +65,7 @@ def observations(captured: list[Captured], series: int) -> tuple[list[Observatio
         i += 1
 
 
-def native_registry(obs: list[Observation]) -> CollectorRegistry:
+def native_registry(obs: list[Observation]) -> tuple[CollectorRegistry, dict[str, Any]]:
     registry = CollectorRegistry()
     metrics: dict[str, Any] = {}
     for f in prom.FAMILIES:
@@ -64,21 +73,27 @@ def native_registry(obs: list[Observation]) -> CollectorRegistry:
             metrics[f.name] = Counter(f.name, f.help, f.labels, registry=registry, unit=f.unit)
         else:
             metrics[f.name] = Histogram(f.name, f.help, f.labels, registry=registry, unit=f.unit, buckets=f.buckets)
+    observe(metrics, obs)
+    return registry, metrics
+
+
+def observe(metrics: dict[str, Any], obs: list[Observation]) -> None:
     for o in obs:
         m = metrics[o.family].labels(*o.labels)
         if isinstance(m, Counter):
             m.inc(o.value)
         else:
             m.observe(o.value, {"trace_id": o.trace_id} if o.trace_id else None)
-    return registry
 
 
-def render_seconds(registry: CollectorRegistry, encoder: Any, repeat: int) -> float:
-    encoder(registry)  # warm
+def render_seconds(render: Callable[[], bytes], between: Callable[[int], None], repeat: int) -> float:
+    """Median render time, each render after a poll's worth of new observations (``between``)."""
+    render()  # warm
     times = []
-    for _ in range(repeat):
+    for i in range(repeat):
+        between(i)
         t0 = time.perf_counter()
-        encoder(registry)
+        render()
         times.append(time.perf_counter() - t0)
     return median(times)
 
@@ -91,10 +106,21 @@ def measure(captured: list[Captured], series: int, repeat: int) -> dict[str, Any
     registry = CollectorRegistry()
     registry.register(ours)
     registry.register(prom.StoreStats(ours))
-    native = native_registry(obs)
-    out: dict[str, Any] = {"series": n, "observations": len(obs)}
+    native, native_metrics = native_registry(obs)
+    rng = random.Random(1)
+
+    def poll(store_side: bool) -> Callable[[int], None]:
+        def between(i: int) -> None:
+            batch = rng.sample(obs, POLL_OBSERVATIONS)
+            if store_side:
+                ours.stage(batch, time.time()).apply()
+            else:
+                observe(native_metrics, batch)
+        return between
+
+    out: dict[str, Any] = {"series": n, "observations": len(obs), "changed_per_scrape": POLL_OBSERVATIONS}
     for fmt, encoder in (("openmetrics", openmetrics), ("text", text)):
-        out[fmt] = {"ours": render_seconds(registry, encoder, repeat),
-                    "native": render_seconds(native, encoder, repeat),
-                    "bytes": len(encoder(registry))}
+        out[fmt] = {"ours": render_seconds(partial(render, registry, encoder), poll(True), repeat),
+                    "native": render_seconds(partial(encoder, native), poll(False), repeat),
+                    "bytes": len(render(registry, encoder))}
     return out
