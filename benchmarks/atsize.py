@@ -3,7 +3,8 @@
 A fresh process per size, so its peak resident memory is what ingesting that many runs costs and
 nothing else (``python -m benchmarks.atsize URL SCHEMA``, JSON on stdout). The exporter counts
 the whole table (a first start with backfill, state in a fresh schema), is checked for exactness,
-then polls an unchanged table: that is the idle poll. The baseline is what a query-exporter-style
+then polls an unchanged table: that is the idle poll, measured without and with the opt-in index
+on ``updated_at`` (``agno-exporter create-index``). The baseline is what a query-exporter-style
 setup runs on every scrape: the totals recomputed by SQL from agno's rows.
 """
 
@@ -17,6 +18,8 @@ import time
 from typing import Any
 
 import psycopg
+
+from exporter.index import create_index, index_name
 
 from .harness import FINAL, check_exact, make_service, median, memory_kib, timed
 
@@ -40,12 +43,24 @@ async def measure(url: str, schema: str, idle_polls: int, aggregates: int) -> di
     seconds, result = await timed(collector.poll_once)
     mem = memory_kib()
     check_exact(service, url)
-    idle: list[float] = []
-    for _ in range(idle_polls):
-        dt, again = await timed(collector.poll_once)
-        if again.counted:
-            raise AssertionError("the idle poll counted runs: the table changed under the benchmark")
-        idle.append(dt)
+    async def idle() -> float:
+        times: list[float] = []
+        for _ in range(idle_polls):
+            dt, again = await timed(collector.poll_once)
+            if again.counted:
+                raise AssertionError("the idle poll counted runs: the table changed under the benchmark")
+            times.append(dt)
+        return median(times)
+
+    idle_plain = await idle()
+    # The opt-in index (`agno-exporter create-index`), dropped afterwards: the next size starts without.
+    opts = service.source_db.opts
+    t0 = time.perf_counter()
+    await create_index(opts, "ai", "agno_runs")
+    index_seconds = time.perf_counter() - t0
+    idle_indexed = await idle()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"DROP INDEX ai.{index_name('agno_runs')}")
     agg: list[float] = []
     async with await psycopg.AsyncConnection.connect(url) as conn:
         for _ in range(aggregates):
@@ -59,7 +74,8 @@ async def measure(url: str, schema: str, idle_polls: int, aggregates: int) -> di
     return {
         "rows": int(row[0]), "table_bytes": int(row[1]), "counted": result.counted, "ingest_seconds": seconds,
         "rss_kib": mem["VmRSS"], "peak_rss_kib": mem["VmHWM"],
-        "idle_poll_seconds": median(idle), "sql_aggregate_seconds": median(agg),
+        "idle_poll_seconds": idle_indexed, "idle_poll_no_index_seconds": idle_plain,
+        "create_index_seconds": index_seconds, "sql_aggregate_seconds": median(agg),
     }
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("ingest_metrics", "ingest_metrics_vs_agno_api", "ingest_spans", "idle_poll", "freshness_p50",
-              "freshness_p99", "scrape_openmetrics", "scrape_text", "rss_peak", "agent_run_overhead")
+BENCHMARKS = ("ingest_metrics", "ingest_metrics_vs_agno_api", "ingest_spans", "idle_poll", "idle_poll_no_index",
+              "freshness_p50", "freshness_p99", "scrape_openmetrics", "scrape_text", "rss_peak", "agent_run_overhead")
 
 
 @pytest.mark.slow
