@@ -106,6 +106,18 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(args, _until_signal)
 
 
+async def cmd_create_index(args: argparse.Namespace) -> int:
+    from .db import ConnectOptions
+    from .index import create_index
+    from .service import database_url
+
+    settings = _settings(args)
+    d = settings.database
+    opts = ConnectOptions(database_url(settings), d.application_name, d.statement_timeout, d.connect_timeout)
+    print(await create_index(opts, d.schema_name, d.runs_table_name))
+    return 0
+
+
 async def cmd_simulate_llm(args: argparse.Namespace) -> int:
     from .simllm import SimSettings, run_server
 
@@ -159,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check", help="validate the config, connect, report agno's tables and the state")
     common(sp, listen=False)
     sp.set_defaults(func=cmd_check)
+    sp = sub.add_parser("create-index", help="opt in: index agno's runs table on updated_at (CREATE INDEX "
+                        "CONCURRENTLY) so a poll costs the same at any table size")
+    common(sp, listen=False)
+    sp.set_defaults(func=cmd_create_index)
     sp = sub.add_parser("simulate-llm", help="serve the built-in OpenAI-compatible simulated model")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8001)

@@ -44,6 +44,9 @@ class CollectorOptions:
     backfill: bool = True
     top_sessions: int = 10
     top_sessions_window: float = 86400.0
+    # The top-K query sorts every session active in the window: repeat it when runs were counted, else
+    # only this often (so an idle poll stays cheap; a session leaves the window at most this late).
+    top_sessions_refresh: float = 60.0
     with_content: bool = False
     prices: PriceTable | None = None
     stuck_after: float = 900.0
@@ -88,6 +91,7 @@ class RunCollector:
         self.ready = False
         self._waiting_logged = False
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
+        self._top_at = float("-inf")
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -136,9 +140,10 @@ class RunCollector:
                             " clamped")
             await self.state.save_cursor(low, reader.key)
         self.m.watermark.set(min(self.watermarks[r.key].low for r in readers))
-        if self.opts.top_sessions:
+        if self.opts.top_sessions and (result.counted or snap.now - self._top_at >= self.opts.top_sessions_refresh):
             self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
                                                      self.opts.top_sessions)
+            self._top_at = snap.now
         await self._check_sessions(snap.now)
         self.open_runs = [
             (r["run_type"] or "", clean_label(r["name"], "unnamed", []), r["status"], int(r["n"]), int(r["stuck"]),

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from .db import Database
 from .records import FINAL_STATUSES
-from .source import Candidate, Page
+from .source import RUN_DATA_PROJECTION, Candidate, Page
 
 _FINAL = sorted(FINAL_STATUSES)
 _OPEN = ["PENDING", "RUNNING"]
@@ -55,7 +55,7 @@ class LegacySource:
         return sql.SQL(text).format(**self._parts, **extra)
 
     async def _rows(self, query: sql.Composed, params: dict[str, Any]) -> list[dict[str, Any]]:
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:  # one statement: atomic on its own
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
@@ -113,9 +113,10 @@ class LegacySource:
         where = sql.SQL("s.session_id = ANY(%(sids)s)" if by_session else "s.runs::jsonb @> ANY(%(probes)s::jsonb[])")
         rows = await self._rows(
             self._q(
-                "SELECT s.session_id, s.user_id, s.updated_at, e.value AS run_data FROM {t} s"
-                " CROSS JOIN LATERAL {elems} e WHERE {where} AND e.value->>'run_id' = ANY(%(ids)s){not_migrated}",
-                where=where,
+                "SELECT s.session_id, s.user_id, s.updated_at, {run_data} AS run_data FROM {t} s"
+                " CROSS JOIN LATERAL {elems} e, LATERAL (SELECT e.value AS d OFFSET 0) AS x"
+                " WHERE {where} AND e.value->>'run_id' = ANY(%(ids)s){not_migrated}",
+                where=where, run_data=sql.SQL(RUN_DATA_PROJECTION),
             ),
             {"sids": sorted({sid for _, sid in refs if sid}), "ids": ids,
              "probes": [json.dumps([{"run_id": i}]) for i in ids]},

@@ -17,10 +17,14 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
+
+from .exposition import Encoder, LazyFamily, encode, encoder_key
 
 OTHER = "__other__"
 
@@ -45,6 +49,8 @@ class Series:
     count: int = 0
     buckets: list[int] = field(default_factory=list)  # per bucket, not cumulative; last is +Inf
     exemplars: dict[int, Exemplar] = field(default_factory=dict)  # bucket index -> latest, memory only
+    # encoder -> this series' formatted lines; a changed series is a new object (see copy), so never stale
+    rendered: dict[Any, bytes] | None = None
 
     def copy(self) -> Series:
         return Series(self.total, self.count, list(self.buckets), dict(self.exemplars))
@@ -190,13 +196,20 @@ class SeriesStore(Collector):
         limits = LimiterDelta()
         for obs in observations:
             family = self.families[obs.family]
-            labels = self.limiter.apply(family, obs.labels, self._bounded[obs.family], limits)
-            key = (obs.family, labels)
+            # Fast path: a series that exists (in memory or staged) holds only admitted label values,
+            # so there is no folding decision to take for it.
+            key = (obs.family, obs.labels)
             series = changed.get(key)
             if series is None:
-                current = self._data[obs.family].get(labels)
-                series = current.copy() if current is not None else self._new(family)
-                changed[key] = series
+                current = self._data[obs.family].get(obs.labels)
+                if current is None:
+                    labels = self.limiter.apply(family, obs.labels, self._bounded[obs.family], limits)
+                    key = (obs.family, labels)
+                    series = changed.get(key)
+                    current = self._data[obs.family].get(labels) if series is None else None
+                if series is None:
+                    series = current.copy() if current is not None else self._new(family)
+                    changed[key] = series
             if family.kind == "counter":
                 series.total += obs.value
             else:
@@ -237,24 +250,44 @@ class SeriesStore(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for family in self.families.values():
-            metric = self._empty(family)
-            data = self._data[family.name]
-            if family.kind == "counter":
-                assert isinstance(metric, CounterMetricFamily)
-                for labels, s in data.items():
-                    metric.add_metric(labels, s.total)
-            else:
-                assert isinstance(metric, HistogramMetricFamily)
-                bounds = [*(_fmt(b) for b in family.buckets), "+Inf"]
-                for labels, s in data.items():
-                    cumulative = 0
-                    buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
-                    for i, n in enumerate(s.buckets):
-                        cumulative += n
-                        ex = s.exemplars.get(i)
-                        buckets.append((bounds[i], cumulative, ex) if ex else (bounds[i], cumulative))
-                    metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type,unused-ignore]
-            yield metric
+            yield LazyFamily(self._empty(family), partial(self._build, family, None),
+                             partial(self._render, family))
+
+    def _build(self, family: Family, only: Iterable[tuple[tuple[str, ...], Series]] | None) -> Metric:
+        """The family as a prometheus_client metric: all its series, or ``only`` these."""
+        metric = self._empty(family)
+        data = self._data[family.name].items() if only is None else only
+        if family.kind == "counter":
+            assert isinstance(metric, CounterMetricFamily)
+            for labels, s in data:
+                metric.add_metric(labels, s.total)
+        else:
+            assert isinstance(metric, HistogramMetricFamily)
+            bounds = [*(_fmt(b) for b in family.buckets), "+Inf"]
+            for labels, s in data:
+                cumulative = 0
+                buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+                for i, n in enumerate(s.buckets):
+                    cumulative += n
+                    ex = s.exemplars.get(i)
+                    buckets.append((bounds[i], cumulative, ex) if ex else (bounds[i], cumulative))
+                metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type,unused-ignore]
+        return metric
+
+    def _render(self, family: Family, encoder: Encoder) -> bytes:
+        """The family as ``encoder`` formats it: its header, then each series' cached lines."""
+        key = encoder_key(encoder)
+        header = encode(encoder, [self._empty(family)])
+        parts = [header]
+        for labels, s in self._data[family.name].items():
+            if s.rendered is None:
+                s.rendered = {}
+            lines = s.rendered.get(key)
+            if lines is None:
+                whole = encode(encoder, [self._build(family, [(labels, s)])])
+                lines = s.rendered[key] = whole[len(header):] if whole.startswith(header) else whole
+            parts.append(lines)
+        return b"".join(parts)
 
 
 def _fmt(b: float) -> str:

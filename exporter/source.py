@@ -1,8 +1,9 @@
 """Reading agno's tables: discovery, the poll snapshot, candidate runs, the runs themselves, and the
 spans agno's own tracing writes (:class:`SpansSource`).
 
-All SQL against agno's schema lives here. Identifiers from config are always quoted. Reads are
-short read-only transactions, so the exporter never holds back vacuum on the app's database.
+All SQL against agno's schema lives here. Identifiers from config are always quoted. Each read is
+one statement on a read-only connection (atomic by itself, so no BEGIN/COMMIT round trips), short,
+so the exporter never holds back vacuum on the app's database.
 
 Finding new finished runs without losing any (see :mod:`exporter.cursor` for the proof sketch):
 every poll first takes ``pg_current_snapshot()`` and the database clock; candidates are the runs
@@ -70,7 +71,7 @@ class Layout:
 
 async def take_snapshot(db: Database) -> Snapshot:
     """The snapshot and clock a poll starts from (see :mod:`exporter.cursor`)."""
-    async with db.transaction() as conn:
+    async with db.statement() as conn:
         cur = await conn.execute(
             "SELECT pg_current_snapshot()::text AS snap, extract(epoch FROM clock_timestamp())::float8 AS now"
         )
@@ -94,6 +95,36 @@ class Page:
     items: list[Candidate]
     after: Any
 
+
+# The parts of run_data that exporter.records reads, cut out by Postgres: prompts, tool results,
+# history, system messages and provider payloads (most of a run's bytes) are neither sent nor
+# parsed. Anything of an unexpected type is passed through untouched, so records.py still sees
+# it and rejects the row with the same reason as from the whole JSON.
+RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb_build_object(
+ 'run_id', d->'run_id', 'status', d->'status', 'session_id', d->'session_id', 'user_id', d->'user_id',
+ 'parent_run_id', d->'parent_run_id', 'created_at', d->'created_at', 'updated_at', d->'updated_at',
+ 'agent_id', d->'agent_id', 'agent_name', d->'agent_name', 'team_id', d->'team_id', 'team_name', d->'team_name',
+ 'workflow_id', d->'workflow_id', 'workflow_name', d->'workflow_name',
+ 'model', d->'model', 'model_provider', d->'model_provider', 'metrics', d->'metrics', 'content', d->'content',
+ 'input', CASE WHEN jsonb_typeof(d->'input') = 'object'
+   THEN jsonb_build_object('input_content', d->'input'->'input_content') ELSE d->'input' END,
+ 'messages', CASE WHEN jsonb_typeof(d->'messages') <> 'array' THEN d->'messages' ELSE (
+   SELECT coalesce(jsonb_agg(CASE WHEN jsonb_typeof(m) <> 'object' THEN m ELSE jsonb_build_object(
+     'role', m->'role', 'from_history', m->'from_history', 'id', m->'id', 'created_at', m->'created_at',
+     'metrics', m->'metrics', 'content', m->'content',
+     'tool_calls', CASE WHEN jsonb_typeof(m->'tool_calls') <> 'array' THEN m->'tool_calls' ELSE (
+       SELECT jsonb_agg(CASE WHEN jsonb_typeof(c) <> 'object' THEN c ELSE jsonb_build_object('id', c->'id') END
+                        ORDER BY j)
+       FROM jsonb_array_elements(m->'tool_calls') WITH ORDINALITY AS tc(c, j)) END) END ORDER BY i), '[]')
+   FROM jsonb_array_elements(d->'messages') WITH ORDINALITY AS msg(m, i)
+   -- only the model calls of this run are read (records._model_calls skips the others)
+   WHERE jsonb_typeof(m) <> 'object'
+      OR (m->>'role' = 'assistant' AND m->'from_history' IS DISTINCT FROM 'true'::jsonb)) END,
+ 'tools', CASE WHEN jsonb_typeof(d->'tools') <> 'array' THEN d->'tools' ELSE (
+   SELECT coalesce(jsonb_agg(CASE WHEN jsonb_typeof(t) <> 'object' THEN t ELSE jsonb_build_object(
+     'tool_name', t->'tool_name', 'tool_call_id', t->'tool_call_id', 'tool_call_error', t->'tool_call_error',
+     'metrics', t->'metrics', 'child_run_id', t->'child_run_id') END ORDER BY i), '[]')
+   FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END) END"""
 
 RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id",
                "parent_run_id", "status", "created_at", "updated_at")
@@ -130,7 +161,7 @@ class RunsSource:
         params: dict[str, Any] = {"final": _FINAL, "since": int(since), "limit": limit}
         if after:
             params["au"], params["ar"] = after
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
@@ -141,7 +172,7 @@ class RunsSource:
             "SELECT run_id, updated_at, status FROM {t} WHERE status = ANY(%(final)s) {after}"
             " ORDER BY run_id LIMIT %(limit)s"
         ).format(t=self._runs, after=sql.SQL("AND run_id > %(after)s" if after is not None else ""))
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, {"final": _FINAL, "after": after, "limit": limit})
             rows = await cur.fetchall()
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
@@ -162,10 +193,13 @@ class RunsSource:
         """Whole rows (columns + run_data) of the given runs."""
         if not run_ids:
             return []
-        query = sql.SQL("SELECT {cols}, run_data FROM {t} WHERE run_id = ANY(%(ids)s)").format(
-            cols=self._cols, t=self._runs
+        query = sql.SQL("SELECT {cols}, {run_data} AS run_data FROM {t}, "
+                        # detoast run_data once (OFFSET 0 keeps the planner from inlining it per use)
+                        " LATERAL (SELECT run_data || '{{}}'::jsonb AS d OFFSET 0) AS x"
+                        " WHERE run_id = ANY(%(ids)s)").format(
+            cols=self._cols, run_data=sql.SQL(RUN_DATA_PROJECTION), t=self._runs
         )
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, {"ids": list(run_ids)})
             return await cur.fetchall()
 
@@ -181,7 +215,7 @@ class RunsSource:
             " WHERE up.depth < 32)"
             " SELECT DISTINCT ON (start) start, run_id, parent FROM up ORDER BY start, depth DESC"
         ).format(t=self._runs)
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, {"ids": list(run_ids)})
             rows = await cur.fetchall()
         # A parent row that does not exist (yet) leaves `parent` set: the trace root is that parent id.
@@ -199,7 +233,7 @@ class RunsSource:
             " count(*) FILTER (WHERE created_at < %(cutoff)s) AS stuck, min(created_at) AS oldest"
             " FROM {t} WHERE status = ANY(%(open)s) GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT %(limit)s"
         ).format(t=self._runs)
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, {"cutoff": int(now - stuck_after), "open": ["PENDING", "RUNNING"],
                                              "limit": limit})
             return await cur.fetchall()
@@ -213,7 +247,7 @@ class RunsSource:
             " count(*) FILTER (WHERE status = ANY(%(open)s)) AS open FROM {t}"
             " WHERE session_id = ANY(%(ids)s) GROUP BY session_id"
         ).format(t=self._runs)
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, {"final": _FINAL, "open": ["PENDING", "RUNNING", "PAUSED"],
                                              "ids": list(session_ids)})
             return {r["session_id"]: (int(r["final"]), int(r["open"])) for r in await cur.fetchall()}
@@ -225,7 +259,7 @@ class RunsSource:
             "SELECT session_id, session_type, agent_id, team_id, workflow_id, user_id, agent_data, team_data,"
             " workflow_data, session_data, created_at, updated_at FROM {t} WHERE session_id = ANY(%(ids)s)"
         ).format(t=self._sessions)
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(query, {"ids": list(session_ids)})
             return await cur.fetchall()
 

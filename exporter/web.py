@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .exposition import render
 from .webconfig import WebConfig, basic_auth_middleware
 
 
@@ -36,7 +37,7 @@ def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig
 
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
+        body = render(registry, encoder)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:

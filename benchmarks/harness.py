@@ -1,0 +1,114 @@
+"""What every benchmark shares: the exporter as users run it, timing, memory, and the result shape.
+
+The exporter is built exactly as ``agno-exporter collect`` builds it (:class:`exporter.service.Service`
+from settings), so a benchmark measures the product, not a rearranged copy of it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from exporter.config import load_settings
+from exporter.records import FINAL_STATUSES
+from exporter.service import Service
+
+FINAL = sorted(FINAL_STATUSES)
+
+
+@dataclass
+class Result:
+    """One benchmark: our value, the baseline measured in the same run, and how they compare.
+
+    ``ratio`` is always "how many times better than the baseline" (value/baseline when higher is
+    better, baseline/value when lower is better), so > 1 means ahead of the baseline.
+    """
+
+    value: float
+    unit: str
+    baseline: float
+    baseline_label: str
+    higher_is_better: bool
+    target: str = ""
+    size: str = ""
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.value / self.baseline if self.baseline else float("inf")
+        return self.baseline / self.value if self.value else float("inf")
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ratio"] = self.ratio
+        return out
+
+
+def make_service(url: str, state_schema: str, **sections: dict[str, Any]) -> Service:
+    overrides: dict[str, dict[str, Any]] = {
+        "database": {"url": url},
+        "state": {"schema": state_schema},
+        "web": {"listen": "127.0.0.1:0"},
+        "log": {"level": "warning"},
+    }
+    for key, values in sections.items():
+        overrides.setdefault(key, {}).update(values)
+    return Service(load_settings(None, environ={}, overrides=overrides))
+
+
+def expected_totals(url: str) -> tuple[int, int]:
+    """(finished runs, their input+output tokens) straight from agno's rows: what the export must equal.
+
+    Workflow runs carry no tokens of their own (their step runs do), as in :mod:`exporter.records`.
+    """
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*), coalesce(sum(CASE WHEN run_type <> 'workflow' THEN"
+            " coalesce((run_data->'metrics'->>'input_tokens')::bigint, 0)"
+            " + coalesce((run_data->'metrics'->>'output_tokens')::bigint, 0) END), 0)"
+            " FROM ai.agno_runs WHERE status = ANY(%s)", (FINAL,)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def check_exact(service: Service, url: str) -> None:
+    """Exactness is not negotiable: a fast exporter with wrong totals is a failed benchmark."""
+    runs = sum(s.total for s in service.store.series("agno_runs").values())
+    tokens = sum(s.total for labels, s in service.store.series("agno_tokens").items()
+                 if labels[-1] in ("input", "output"))
+    want_runs, want_tokens = expected_totals(url)
+    if (runs, tokens) != (want_runs, want_tokens):
+        raise AssertionError(f"exported {runs} runs / {tokens} tokens, agno's rows hold {want_runs} / {want_tokens}")
+
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = await fn()
+    return time.perf_counter() - t0, out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: with few samples, report a sample that happened)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
+
+
+def memory_kib() -> dict[str, int]:
+    """Resident set size now and at its peak (VmRSS, VmHWM), from /proc."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0])
+    return out
