@@ -59,9 +59,17 @@ class LegacySource:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
-    @staticmethod
-    def _page(rows: list[dict[str, Any]], limit: int, after: Callable[[dict[str, Any]], Any]) -> Page:
-        """Candidates of up to ``limit`` sessions (a session without final runs still moves the page key)."""
+    async def _page(self, where: str, order: str, params: dict[str, Any], limit: int,
+                    after: Callable[[dict[str, Any]], Any]) -> Page:
+        """Final runs of up to ``limit`` sessions picked by ``where`` in ``order``; only run id and status
+        leave the arrays. A session without final runs still moves the page key."""
+        rows = await self._rows(self._q(
+            "SELECT s.session_id, s.updated_at, e.run_id, e.status FROM ("
+            " SELECT session_id, updated_at, runs FROM {t} WHERE runs IS NOT NULL AND {where}"
+            " ORDER BY {order} LIMIT %(limit)s) s"
+            " LEFT JOIN LATERAL (SELECT e.value->>'run_id' AS run_id, e.value->>'status' AS status"
+            " FROM {elems} e WHERE true{not_migrated}) e ON true ORDER BY {order}",
+            where=sql.SQL(where), order=sql.SQL(order)), {**params, "limit": limit})
         items = [
             Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"], r["session_id"])
             for r in rows if r["run_id"] and r["status"] in FINAL_STATUSES
@@ -71,32 +79,15 @@ class LegacySource:
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
         """Final runs of the sessions updated at or after ``since``, ``limit`` sessions a page."""
-        query = self._q(
-            "SELECT s.session_id, s.updated_at, e.run_id, e.status FROM ("
-            " SELECT session_id, updated_at, runs FROM {t} WHERE updated_at >= %(since)s AND runs IS NOT NULL"
-            " {after} ORDER BY updated_at, session_id LIMIT %(limit)s) s"
-            " LEFT JOIN LATERAL (SELECT e.value->>'run_id' AS run_id, e.value->>'status' AS status"
-            " FROM {elems} e WHERE true{not_migrated}) e ON true ORDER BY s.updated_at, s.session_id",
-            after=sql.SQL("AND (updated_at, session_id) > (%(au)s, %(as)s)" if after else ""),
-        )
-        params: dict[str, Any] = {"since": int(since), "limit": limit}
-        if after:
-            params["au"], params["as"] = after
-        return self._page(await self._rows(query, params), limit,
-                          lambda last: (int(last["updated_at"] or 0), last["session_id"]))
+        where = "updated_at >= %(since)s" + (" AND (updated_at, session_id) > (%(au)s, %(as)s)" if after else "")
+        au, as_ = after or (None, None)
+        return await self._page(where, "updated_at, session_id", {"since": int(since), "au": au, "as": as_},
+                                limit, lambda last: (int(last["updated_at"] or 0), last["session_id"]))
 
     async def backfill(self, after: Any, limit: int) -> Page:
         """Every session holding runs, by primary key: an index range scan a page."""
-        query = self._q(
-            "SELECT s.session_id, s.updated_at, e.run_id, e.status FROM ("
-            " SELECT session_id, updated_at, runs FROM {t} WHERE runs IS NOT NULL {after}"
-            " ORDER BY session_id LIMIT %(limit)s) s"
-            " LEFT JOIN LATERAL (SELECT e.value->>'run_id' AS run_id, e.value->>'status' AS status"
-            " FROM {elems} e WHERE true{not_migrated}) e ON true ORDER BY s.session_id",
-            after=sql.SQL("AND session_id > %(after)s" if after is not None else ""),
-        )
-        return self._page(await self._rows(query, {"after": after, "limit": limit}), limit,
-                          lambda last: last["session_id"])
+        where = "session_id > %(after)s" if after is not None else "true"
+        return await self._page(where, "session_id", {"after": after}, limit, lambda last: last["session_id"])
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """(run id, session id) -> the session's columns a run record needs, with the element as run_data.
