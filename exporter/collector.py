@@ -14,8 +14,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -53,6 +53,14 @@ class CollectorOptions:
     # agno writes a session's totals after the run's row; compare only once they have had time to settle
     session_settle: float = 5.0
     max_pending_session_checks: int = 10_000
+    cursor_save_interval: float = 10.0
+
+
+@dataclass
+class _Loaded:
+    records: list[RunRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason)
+    roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
 
 
 @dataclass
@@ -92,11 +100,13 @@ class RunCollector:
         self._waiting_logged = False
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
+        self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
         await self.state.setup()
         self.watermarks.clear()
+        self._cursor_saved.clear()
         self.store.load(await self.state.load_series())
         await self.source.refresh(force=True)
         self.started = True
@@ -138,7 +148,11 @@ class RunCollector:
                 self.m.lookback_clamped.inc()
                 log.warning("an open transaction is older than collector.max_lookback; the re-read window is"
                             " clamped")
-            await self.state.save_cursor(low, reader.key)
+            # An older saved watermark only makes a restart re-read (and skip) a few more runs, so it
+            # is written every few seconds, not on every poll (a write and a flush each time).
+            if snap.now - self._cursor_saved.get(reader.key, float("-inf")) >= self.opts.cursor_save_interval:
+                await self.state.save_cursor(low, reader.key)
+                self._cursor_saved[reader.key] = snap.now
         self.m.watermark.set(min(self.watermarks[r.key].low for r in readers))
         if self.opts.top_sessions and (result.counted or snap.now - self._top_at >= self.opts.top_sessions_refresh):
             self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
@@ -153,35 +167,60 @@ class RunCollector:
         return result
 
     async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult) -> None:
+        """Count the reader's new runs chunk by chunk, two chunks in flight: while one is committed to
+        the state, the next is fetched from agno's table and parsed (the source and the state are two
+        connections, and Postgres and Python then work at the same time).
+
+        The early ``known`` filter of a chunk runs before the previous chunk commits, so it may miss
+        ids that chunk just counted; it only saves fetches: the commit's insert of the run ids is
+        what keeps each run counted once.
+        """
         if wm.low == 0.0 and not self.opts.backfill:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
             return
+        ready: _Loaded | None = None  # fetched and parsed, waiting for its commit
+        async for chunk in self._chunks(reader, wm, result):
+            result.pages += 1
+            known = await self.state.known([c.run_id for c in chunk])
+            todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
+            loading = asyncio.create_task(self._load(reader, todo)) if todo else None
+            try:
+                if ready is not None:
+                    await self._commit(ready, result)
+            except BaseException as exc:
+                if loading is not None:  # never leave a query running on the source connection
+                    if isinstance(exc, asyncio.CancelledError):
+                        loading.cancel()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await loading
+                raise
+            ready = await loading if loading is not None else None
+        if ready is not None:
+            await self._commit(ready, result)
+
+    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult) -> AsyncIterator[list[Candidate]]:
+        """Candidate pages in listing order, cut to ``batch_size`` (a page of agno 2.x sessions can
+        hold many more runs). Advanced only when no chunk is loading: one query at a time per
+        connection."""
         after: Any = None
         while True:
             if wm.low == 0.0:
                 page = await reader.backfill(after, self.opts.batch_size)
             else:
                 page = await reader.candidate_page(wm.low - self.opts.clock_skew, after, self.opts.batch_size)
-            # a page of agno 2.x sessions can hold many more runs than batch_size
             for i in range(0, len(page.items), self.opts.batch_size):
-                await self._count(reader, page.items[i:i + self.opts.batch_size], result)
+                yield page.items[i:i + self.opts.batch_size]
             if wm.low == 0.0 and page.items:
                 log.info("backfill of %s: %d runs counted so far", reader.key, result.counted)
             if page.after is None:
                 return
             after = page.after
 
-    async def _count(self, reader: Reader, page: Sequence[Candidate], result: PollResult) -> None:
-        result.pages += 1
-        known = await self.state.known([c.run_id for c in page])
-        todo = [(c.run_id, c.session_id) for c in page if c.run_id not in known]
-        if not todo:
-            return
-        rows = await reader.fetch_runs(todo)
-        records: list[RunRecord] = []
-        skipped: list[tuple[str, str]] = []
+    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> _Loaded:
+        """Fetch and parse runs not counted yet: records, malformed rows, and each record's trace root."""
+        loaded = _Loaded()
         seen: set[str] = set()
-        for row in rows:
+        for row in await reader.fetch_runs(todo):
             run_id = str(row_run_id(row))
             if run_id in seen:  # an agno 2.x array can hold a run twice: count it once
                 continue
@@ -190,11 +229,17 @@ class RunCollector:
                 record = build_run_record(row, row.get("run_data"), with_content=self.opts.with_content)
             except BadRow as exc:
                 log.warning("skipping run %s: %s", run_id, exc)
-                skipped.append((run_id, exc.reason))
+                loaded.skipped.append((run_id, exc.reason))
                 continue
             if record.final:
-                records.append(record)
-        roots = await self.source.ancestors([(r.run_id, r.session_id) for r in records if r.parent_run_id])
+                loaded.records.append(record)
+        loaded.roots = await self.source.ancestors(
+            [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id])
+        return loaded
+
+    async def _commit(self, loaded: _Loaded, result: PollResult) -> None:
+        """Count one chunk in one state transaction, then (only then) update memory and self-metrics."""
+        records, skipped, roots = loaded.records, loaded.skipped, loaded.roots
         trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
         now = self.clock()
         staged_box: list[Any] = []

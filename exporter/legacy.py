@@ -101,12 +101,12 @@ class LegacySource:
             return []
         ids = sorted({rid for rid, _ in refs})
         by_session = all(sid for _, sid in refs)
-        where = sql.SQL("s.session_id = ANY(%(sids)s)" if by_session else "s.runs::jsonb @> ANY(%(probes)s::jsonb[])")
+        where = sql.SQL("s.session_id = ANY(%(sids)b)" if by_session else "s.runs::jsonb @> ANY(%(probes)s::jsonb[])")
         rows = await self._rows(
             self._q(
                 "SELECT s.session_id, s.user_id, s.updated_at, {run_data} AS run_data FROM {t} s"
                 " CROSS JOIN LATERAL {elems} e, LATERAL (SELECT e.value AS d OFFSET 0) AS x"
-                " WHERE {where} AND e.value->>'run_id' = ANY(%(ids)s){not_migrated}",
+                " WHERE {where} AND e.value->>'run_id' = ANY(%(ids)b){not_migrated}",
                 where=where, run_data=sql.SQL(RUN_DATA_PROJECTION),
             ),
             {"sids": sorted({sid for _, sid in refs if sid}), "ids": ids,
@@ -122,7 +122,7 @@ class LegacySource:
         rows = await self._rows(
             self._q(
                 "SELECT e.value->>'run_id' AS run_id, e.value->>'parent_run_id' AS parent FROM {t} s"
-                " CROSS JOIN LATERAL {elems} e WHERE s.session_id = ANY(%(sids)s)"
+                " CROSS JOIN LATERAL {elems} e WHERE s.session_id = ANY(%(sids)b)"
             ),
             {"sids": sessions},
         )
@@ -168,7 +168,7 @@ class LegacySource:
             self._q(
                 "SELECT s.session_id, count(*) FILTER (WHERE e.value->>'status' = ANY(%(final)s)) AS final,"
                 " count(*) FILTER (WHERE e.value->>'status' = ANY(%(open)s)) AS open FROM {t} s"
-                " CROSS JOIN LATERAL {elems} e WHERE s.session_id = ANY(%(ids)s){not_migrated}"
+                " CROSS JOIN LATERAL {elems} e WHERE s.session_id = ANY(%(ids)b){not_migrated}"
                 " GROUP BY s.session_id"
             ),
             {"final": _FINAL, "open": [*_OPEN, "PAUSED"], "ids": list(session_ids)},

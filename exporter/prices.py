@@ -53,7 +53,18 @@ class PriceTable:
         # longest key first: "gpt-4o-mini-2024-07-18" is gpt-4o-mini, not gpt-4o
         self._keys = sorted(self.prices, key=len, reverse=True)
 
+        # model name -> its price: a prefix search per run was a few percent of counting a table
+        self._found: dict[str, Price | None] = {}
+
     def lookup(self, model: str) -> Price | None:
+        if model in self._found:
+            return self._found[model]
+        price = self._search(model)
+        if len(self._found) < 10_000:  # model names are few; never grow without bound
+            self._found[model] = price
+        return price
+
+    def _search(self, model: str) -> Price | None:
         m = model.lower().split("/")[-1]  # "openai/gpt-4o" as routers name it
         if m in self.prices:
             return self.prices[m]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -48,7 +48,9 @@ class Series:
     total: float = 0.0
     count: int = 0
     buckets: list[int] = field(default_factory=list)  # per bucket, not cumulative; last is +Inf
-    exemplars: dict[int, Exemplar] = field(default_factory=dict)  # bucket index -> latest, memory only
+    # bucket index -> (trace id, value, time) of its latest observation, memory only; made into an
+    # Exemplar when rendered (most are overwritten before a scrape sees them)
+    exemplars: dict[int, tuple[str, float, float]] = field(default_factory=dict)
     # encoder -> this series' formatted lines; a changed series is a new object (see copy), so never stale
     rendered: dict[Any, bytes] | None = None
 
@@ -56,8 +58,9 @@ class Series:
         return Series(self.total, self.count, list(self.buckets), dict(self.exemplars))
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
+    """One value for one series (a tuple: a run makes about twenty of them)."""
+
     family: str
     labels: tuple[str, ...]
     value: float
@@ -194,33 +197,30 @@ class SeriesStore(Collector):
     def stage(self, observations: Iterable[Observation], now: float | None = None) -> Staged:
         changed: dict[tuple[str, tuple[str, ...]], Series] = {}
         limits = LimiterDelta()
-        for obs in observations:
-            family = self.families[obs.family]
+        ts = now if now is not None else time.time()
+        for fam_name, obs_labels, value, trace_id in observations:
+            family = self.families[fam_name]
             # Fast path: a series that exists (in memory or staged) holds only admitted label values,
             # so there is no folding decision to take for it.
-            key = (obs.family, obs.labels)
+            key = (fam_name, obs_labels)
             series = changed.get(key)
             if series is None:
-                current = self._data[obs.family].get(obs.labels)
+                current = self._data[fam_name].get(obs_labels)
                 if current is None:
-                    labels = self.limiter.apply(family, obs.labels, self._bounded[obs.family], limits)
-                    key = (obs.family, labels)
+                    labels = self.limiter.apply(family, obs_labels, self._bounded[fam_name], limits)
+                    key = (fam_name, labels)
                     series = changed.get(key)
-                    current = self._data[obs.family].get(labels) if series is None else None
+                    current = self._data[fam_name].get(labels) if series is None else None
                 if series is None:
                     series = current.copy() if current is not None else self._new(family)
                     changed[key] = series
-            if family.kind == "counter":
-                series.total += obs.value
-            else:
-                i = bisect.bisect_left(family.buckets, obs.value)
+            series.total += value
+            if family.kind != "counter":
+                i = bisect.bisect_left(family.buckets, value)
                 series.buckets[i] += 1
                 series.count += 1
-                series.total += obs.value
-                if obs.trace_id:
-                    series.exemplars[i] = Exemplar(
-                        {"trace_id": obs.trace_id}, obs.value, now if now is not None else time.time()
-                    )
+                if trace_id:
+                    series.exemplars[i] = (trace_id, value, ts)
         return Staged(self, changed, limits)
 
     @staticmethod
@@ -270,7 +270,8 @@ class SeriesStore(Collector):
                 for i, n in enumerate(s.buckets):
                     cumulative += n
                     ex = s.exemplars.get(i)
-                    buckets.append((bounds[i], cumulative, ex) if ex else (bounds[i], cumulative))
+                    buckets.append((bounds[i], cumulative, Exemplar({"trace_id": ex[0]}, ex[1], ex[2])) if ex
+                                   else (bounds[i], cumulative))
                 metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type,unused-ignore]
         return metric
 

@@ -142,6 +142,7 @@ class RunsSource:
         self._runs = sql.Identifier(schema, runs_table)
         self._sessions = sql.Identifier(schema, sessions_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
+        self._open_names: dict[str, str] = {}  # run id -> name, of the runs open at the last poll
 
     async def discover(self) -> Layout:
         return await discover(self.db, self.schema, self.runs_table, self.sessions_table)
@@ -196,7 +197,7 @@ class RunsSource:
         query = sql.SQL("SELECT {cols}, {run_data} AS run_data FROM {t}, "
                         # detoast run_data once (OFFSET 0 keeps the planner from inlining it per use)
                         " LATERAL (SELECT run_data || '{{}}'::jsonb AS d OFFSET 0) AS x"
-                        " WHERE run_id = ANY(%(ids)s)").format(
+                        " WHERE run_id = ANY(%(ids)b)").format(
             cols=self._cols, run_data=sql.SQL(RUN_DATA_PROJECTION), t=self._runs
         )
         async with self.db.statement() as conn:
@@ -209,7 +210,7 @@ class RunsSource:
             return {}
         query = sql.SQL(
             "WITH RECURSIVE up(start, run_id, parent, depth) AS ("
-            " SELECT r.run_id, r.run_id, r.parent_run_id, 0 FROM {t} r WHERE r.run_id = ANY(%(ids)s)"
+            " SELECT r.run_id, r.run_id, r.parent_run_id, 0 FROM {t} r WHERE r.run_id = ANY(%(ids)b)"
             " UNION ALL"
             " SELECT up.start, p.run_id, p.parent_run_id, up.depth + 1 FROM up JOIN {t} p ON p.run_id = up.parent"
             " WHERE up.depth < 32)"
@@ -224,19 +225,41 @@ class RunsSource:
     async def open_runs(self, now: float, stuck_after: float, limit: int = 1000) -> list[dict[str, Any]]:
         """Runs still PENDING/RUNNING, grouped by type/name/status: how many, how many stuck, oldest start.
 
-        agno indexes ``status``, so this reads only the open runs, whatever the table size; names are
-        taken from the JSON of those rows only.
+        agno indexes ``status``, so this reads only the open runs, whatever the table size. Their
+        names live in run_data; a run's name never changes, so it is read once per run (and forgotten
+        when the run is no longer open): polls read no JSON unless a new run has started.
         """
-        query = sql.SQL(
-            "SELECT run_type, coalesce(run_data->>'agent_name', run_data->>'team_name', run_data->>'workflow_name',"
-            " agent_id, team_id, workflow_id, '') AS name, status, count(*) AS n,"
-            " count(*) FILTER (WHERE created_at < %(cutoff)s) AS stuck, min(created_at) AS oldest"
-            " FROM {t} WHERE status = ANY(%(open)s) GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT %(limit)s"
-        ).format(t=self._runs)
         async with self.db.statement() as conn:
-            cur = await conn.execute(query, {"cutoff": int(now - stuck_after), "open": ["PENDING", "RUNNING"],
-                                             "limit": limit})
-            return await cur.fetchall()
+            cur = await conn.execute(
+                sql.SQL("SELECT run_id, run_type, status, created_at FROM {t} WHERE status = ANY(%(open)s)").format(
+                    t=self._runs), {"open": ["PENDING", "RUNNING"]})
+            rows = await cur.fetchall()
+            names = {r["run_id"]: self._open_names[r["run_id"]] for r in rows if r["run_id"] in self._open_names}
+            missing = [r["run_id"] for r in rows if r["run_id"] not in names]
+            if missing:
+                cur = await conn.execute(sql.SQL(
+                    "SELECT run_id, coalesce(run_data->>'agent_name', run_data->>'team_name',"
+                    " run_data->>'workflow_name', agent_id, team_id, workflow_id, '') AS name"
+                    " FROM {t} WHERE run_id = ANY(%(ids)b)").format(t=self._runs), {"ids": missing})
+                names.update((r["run_id"], r["name"]) for r in await cur.fetchall())
+        self._open_names = names
+        cutoff = int(now - stuck_after)
+        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for r in rows:
+            name = names.get(r["run_id"])
+            if name is None:  # deleted between the two reads
+                continue
+            key = (r["run_type"], name, r["status"])
+            g = groups.get(key)
+            if g is None:
+                g = groups[key] = {"run_type": key[0], "name": name, "status": key[2], "n": 0, "stuck": 0,
+                                   "oldest": None}
+            g["n"] += 1
+            created = r["created_at"]
+            if created is not None:
+                g["stuck"] += created < cutoff
+                g["oldest"] = created if g["oldest"] is None else min(g["oldest"], created)
+        return sorted(groups.values(), key=lambda g: -g["n"])[:limit]
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """session id -> (finished runs, open runs) in agno's table (session_id is indexed by agno)."""
@@ -245,7 +268,7 @@ class RunsSource:
         query = sql.SQL(
             "SELECT session_id, count(*) FILTER (WHERE status = ANY(%(final)s)) AS final,"
             " count(*) FILTER (WHERE status = ANY(%(open)s)) AS open FROM {t}"
-            " WHERE session_id = ANY(%(ids)s) GROUP BY session_id"
+            " WHERE session_id = ANY(%(ids)b) GROUP BY session_id"
         ).format(t=self._runs)
         async with self.db.statement() as conn:
             cur = await conn.execute(query, {"final": _FINAL, "open": ["PENDING", "RUNNING", "PAUSED"],
@@ -257,7 +280,7 @@ class RunsSource:
             return []
         query = sql.SQL(
             "SELECT session_id, session_type, agent_id, team_id, workflow_id, user_id, agent_data, team_data,"
-            " workflow_data, session_data, created_at, updated_at FROM {t} WHERE session_id = ANY(%(ids)s)"
+            " workflow_data, session_data, created_at, updated_at FROM {t} WHERE session_id = ANY(%(ids)b)"
         ).format(t=self._sessions)
         async with self.db.statement() as conn:
             cur = await conn.execute(query, {"ids": list(session_ids)})
@@ -342,7 +365,7 @@ class SpansSource:
         """Whole rows of the given spans."""
         if not span_ids:
             return []
-        query = sql.SQL("SELECT {cols} FROM {t} WHERE span_id = ANY(%(ids)s)").format(cols=self._cols, t=self._spans)
+        query = sql.SQL("SELECT {cols} FROM {t} WHERE span_id = ANY(%(ids)b)").format(cols=self._cols, t=self._spans)
         async with self.db.transaction() as conn:
             cur = await conn.execute(query, {"ids": list(span_ids)})
             return await cur.fetchall()

@@ -6,6 +6,9 @@ database by default, or another one (``state.url``) when the exporter's role may
 One batch is one transaction: insert the run ids (the primary key makes a second insert a no-op,
 so a run is counted at most once, across restarts and kill -9), update the session totals, and
 write the new values of every series the batch changed. Memory is updated only after the commit.
+
+Lists go to Postgres as binary arrays (``%b``): in text format psycopg escapes every element with
+a regular expression, which was a third of the collector's CPU when counting a large table.
 """
 
 from __future__ import annotations
@@ -150,7 +153,7 @@ class PostgresState:
             return set()
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                self._q("SELECT run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%s)"),
+                self._q("SELECT run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%b)"),
                 (self.source, list(run_ids)),
             )
             return {r["run_id"] for r in await cur.fetchall()}
@@ -160,7 +163,7 @@ class PostgresState:
             return {}
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                self._q("SELECT run_id, root_run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%s)"),
+                self._q("SELECT run_id, root_run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%b)"),
                 (self.source, list(run_ids)),
             )
             return {r["run_id"]: r["root_run_id"] for r in await cur.fetchall()}
@@ -184,7 +187,7 @@ class PostgresState:
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self._q("SELECT session_id, run_type, name, tokens, runs, disagreement FROM {s}.sessions"
-                        " WHERE source = %s AND session_id = ANY(%s)"),
+                        " WHERE source = %s AND session_id = ANY(%b)"),
                 (self.source, list(session_ids)),
             )
             return {r["session_id"]: r for r in await cur.fetchall()}
@@ -193,7 +196,7 @@ class PostgresState:
         """Mark sessions as disagreeing and write the counter series in the same transaction."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                self._q("UPDATE {s}.sessions SET disagreement = true WHERE source = %s AND session_id = ANY(%s)"
+                self._q("UPDATE {s}.sessions SET disagreement = true WHERE source = %s AND session_id = ANY(%b)"
                         " AND NOT disagreement RETURNING session_id, run_type, name"),
                 (self.source, list(session_ids)),
             )
@@ -226,8 +229,8 @@ class PostgresState:
                 cur = await conn.execute(
                     self._q(
                         "INSERT INTO {s}.runs (source, run_id, root_run_id, status, session_id, counted_at,"
-                        " traces_exported) SELECT %s, *, %s FROM unnest(%s::text[], %s::text[], %s::text[],"
-                        " %s::text[], %s::float8[]) ON CONFLICT DO NOTHING RETURNING run_id"
+                        " traces_exported) SELECT %s, *, %s FROM unnest(%b::text[], %b::text[], %b::text[],"
+                        " %b::text[], %b::float8[]) ON CONFLICT DO NOTHING RETURNING run_id"
                     ),
                     (
                         self.source,
@@ -236,7 +239,7 @@ class PostgresState:
                         [roots.get(r.run_id, r.run_id) for r in records],
                         [r.status for r in records],
                         [r.session_id for r in records],
-                        [now] * len(records),
+                        [float(now)] * len(records),
                     ),
                 )
                 new_ids = {r["run_id"] for r in await cur.fetchall()}
@@ -246,7 +249,7 @@ class PostgresState:
                     self._q(
                         "INSERT INTO {s}.runs (source, run_id, root_run_id, status, counted_at, traces_exported)"
                         " SELECT %s, id, id, 'SKIPPED:' || reason, %s, true"
-                        " FROM unnest(%s::text[], %s::text[]) AS t(id, reason) ON CONFLICT DO NOTHING"
+                        " FROM unnest(%b::text[], %b::text[]) AS t(id, reason) ON CONFLICT DO NOTHING"
                     ),
                     (self.source, now, [s[0] for s in skipped], [s[1] for s in skipped]),
                 )
@@ -263,7 +266,7 @@ class PostgresState:
             self._q(
                 "INSERT INTO {s}.series (source, family, labels, total, count, buckets)"
                 " SELECT %s, f, l, t, c, string_to_array(b, ',')::bigint[]"
-                " FROM unnest(%s::text[], %s::text[], %s::float8[], %s::int8[], %s::text[]) AS x(f, l, t, c, b)"
+                " FROM unnest(%b::text[], %b::text[], %b::float8[], %b::int8[], %b::text[]) AS x(f, l, t, c, b)"
                 " ON CONFLICT (source, family, labels) DO UPDATE SET total = EXCLUDED.total,"
                 " count = EXCLUDED.count, buckets = EXCLUDED.buckets"
             ),
@@ -271,8 +274,8 @@ class PostgresState:
                 self.source,
                 [r.family for r in rows],
                 [r.key for r in rows],
-                [r.total for r in rows],
-                [r.count for r in rows],
+                [float(r.total) for r in rows],
+                [int(r.count) for r in rows],
                 [",".join(map(str, r.buckets)) for r in rows],
             ),
         )
@@ -304,7 +307,7 @@ class PostgresState:
                 "INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost, runs,"
                 " first_seen, last_seen)"
                 " SELECT %s, sid, rt, nm, tk, co, n, %s, %s"
-                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::float8[], %s::int[], %s::bool[])"
+                " FROM unnest(%b::text[], %b::text[], %b::text[], %b::int8[], %b::float8[], %b::int[], %b::bool[])"
                 " AS x(sid, rt, nm, tk, co, n, top)"
                 " ON CONFLICT (source, session_id) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens,"
                 " cost = s.cost + EXCLUDED.cost, runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen"
@@ -312,8 +315,8 @@ class PostgresState:
             ),
             (
                 self.source, now, now, ids,
-                [agg[i][0] for i in ids], [agg[i][1] for i in ids], [agg[i][2] for i in ids],
-                [agg[i][3] for i in ids], [agg[i][4] for i in ids], [agg[i][5] for i in ids],
+                [agg[i][0] for i in ids], [agg[i][1] for i in ids], [int(agg[i][2]) for i in ids],
+                [float(agg[i][3]) for i in ids], [agg[i][4] for i in ids], [agg[i][5] for i in ids],
             ),
         )
         return [(r["run_type"], r["name"]) for r in await cur.fetchall() if r["inserted"]]
@@ -338,7 +341,7 @@ class PostgresState:
             return
         async with self.db.transaction() as conn:
             await conn.execute(
-                self._q("UPDATE {s}.runs SET traces_exported = true WHERE source = %s AND run_id = ANY(%s)"),
+                self._q("UPDATE {s}.runs SET traces_exported = true WHERE source = %s AND run_id = ANY(%b)"),
                 (self.source, list(run_ids)),
             )
 
@@ -362,7 +365,7 @@ class PostgresState:
             cur = await conn.execute(
                 self._q(
                     "INSERT INTO {s}.forwarded_spans (source, span_id, queued_at)"
-                    " SELECT %s, id, %s FROM unnest(%s::text[]) AS t(id) ON CONFLICT DO NOTHING RETURNING span_id"
+                    " SELECT %s, id, %s FROM unnest(%b::text[]) AS t(id) ON CONFLICT DO NOTHING RETURNING span_id"
                 ),
                 (self.source, now, list(span_ids)),
             )
@@ -384,7 +387,7 @@ class PostgresState:
             return
         async with self.db.transaction() as conn:
             await conn.execute(
-                self._q("UPDATE {s}.forwarded_spans SET exported = true WHERE source = %s AND span_id = ANY(%s)"),
+                self._q("UPDATE {s}.forwarded_spans SET exported = true WHERE source = %s AND span_id = ANY(%b)"),
                 (self.source, list(span_ids)),
             )
 
