@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,21 @@ class PollResult:
     pages: int = 0
 
 
+def _settle_heap() -> None:
+    """Keep the cyclic garbage collector off the hot path (a fifth of the time counting a large table).
+
+    What exists once the state is loaded (modules, config, the series) lives as long as the process,
+    so it is frozen out of the collector's scans. A poll allocates tens of thousands of short-lived
+    dicts and tuples per chunk (parsed JSON, records, observations), nearly all freed by reference
+    counting; a first-generation threshold of 50,000 live new objects instead of 700 stops the
+    collector from rescanning the chunk in flight over and over. Cyclic garbage is still collected.
+    """
+    gc.collect()  # so that only live objects are frozen
+    gc.freeze()
+    if gc.get_threshold()[0] < 50_000:
+        gc.set_threshold(50_000, 20, 20)
+
+
 class RunCollector:
     """Reads finished runs from one agno database and counts each exactly once."""
 
@@ -111,6 +127,7 @@ class RunCollector:
         await self.source.refresh(force=True)
         self.started = True
         log.info("state loaded: %d series", self.store.series_count())
+        _settle_heap()
 
     async def _watermark(self, reader: Reader) -> Watermark:
         wm = self.watermarks.get(reader.key)
@@ -179,26 +196,27 @@ class RunCollector:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
             return
         ready: _Loaded | None = None  # fetched and parsed, waiting for its commit
-        async for chunk in self._chunks(reader, wm, result):
-            result.pages += 1
-            known = await self.state.known([c.run_id for c in chunk])
-            todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
-            loading = asyncio.create_task(self._load(reader, todo)) if todo else None
-            try:
-                if ready is not None:
-                    await self._commit(ready, result)
-            except BaseException as exc:
-                if loading is not None:  # never leave a query running on the source connection
-                    if isinstance(exc, asyncio.CancelledError):
-                        loading.cancel()
-                    with contextlib.suppress(Exception, asyncio.CancelledError):
-                        await loading
-                raise
-            ready = await loading if loading is not None else None
+        async with contextlib.aclosing(self._chunks(reader, wm, result)) as chunks:
+            async for chunk in chunks:
+                result.pages += 1
+                known = await self.state.known([c.run_id for c in chunk])
+                todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
+                loading = asyncio.create_task(self._load(reader, todo)) if todo else None
+                try:
+                    if ready is not None:
+                        await self._commit(ready, result)
+                except BaseException as exc:
+                    if loading is not None:  # never leave a query running on the source connection
+                        if isinstance(exc, asyncio.CancelledError):
+                            loading.cancel()
+                        with contextlib.suppress(Exception, asyncio.CancelledError):
+                            await loading
+                    raise
+                ready = await loading if loading is not None else None
         if ready is not None:
             await self._commit(ready, result)
 
-    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult) -> AsyncIterator[list[Candidate]]:
+    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult) -> AsyncGenerator[list[Candidate], None]:
         """Candidate pages in listing order, cut to ``batch_size`` (a page of agno 2.x sessions can
         hold many more runs). Advanced only when no chunk is loading: one query at a time per
         connection."""

@@ -236,3 +236,50 @@ def test_lost_commit_acknowledgement_is_not_a_lost_count(db_url: str, sim_url: s
             await service.stop()
 
     asyncio.run(main())
+
+
+def test_commit_failing_while_the_next_chunk_loads(db_url: str, sim_url: str) -> None:
+    """The collector commits one chunk while it fetches and parses the next. A commit that fails then
+    ends the poll without counting the chunk in flight; the next poll counts everything exactly once,
+    on connections left usable (no query of the abandoned chunk still running on them)."""
+    asyncio.run(write_runs(db_url, sim_url, 5))
+
+    async def main() -> None:
+        service = make_service(db_url, collector={"batch_size": 1})  # five chunks in one poll
+        collector = service.collector
+        original = collector.state.commit_batch
+        calls: list[int] = []
+        loads_in_flight: list[bool] = []
+        loads_started: list[bool] = []
+        original_load = collector._load
+
+        async def load(*args: Any) -> Any:
+            loads_started.append(True)
+            loads_in_flight.append(True)
+            try:
+                return await original_load(*args)
+            finally:
+                loads_in_flight.pop()
+
+        async def failing_second(records: Any, *args: Any, **kw: Any) -> Any:
+            calls.append(len(records))
+            if len(calls) == 2:
+                await asyncio.sleep(0.05)  # the commit's round trip, during which the next chunk loads
+                assert len(loads_started) == 3, "the next chunk should be loading while this one commits"
+                raise psycopg.OperationalError("server closed the connection unexpectedly (simulated)")
+            return await original(records, *args, **kw)
+
+        collector.state.commit_batch = failing_second  # type: ignore[method-assign]
+        collector._load = load  # type: ignore[method-assign]
+        with contextlib.suppress(psycopg.OperationalError):
+            await collector.poll_once()
+            raise AssertionError("the poll should have failed")
+        assert exported(service)[0] == 1  # the first chunk only; nothing of the failed one in memory
+        assert not loads_in_flight
+        collector.started = False  # what the poll loop does after a failure: reload the durable state
+        result = await collector.poll_once()
+        assert result.counted == 4
+        assert exported(service) == truth(db_url)
+        await service.stop()
+
+    asyncio.run(main())
