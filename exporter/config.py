@@ -130,9 +130,7 @@ class CollectorSettings(_Strict):
 
 
 class StateSettings(_Strict):
-    backend: Literal["postgres", "sqlite"] = "postgres"
     schema_name: Identifier = Field(default="agno_exporter", alias="schema")
-    path: Path = Path("agno-exporter-state.sqlite3")
     url: SecretStr | None = Field(default=None, description="Postgres for the state; default: database.url")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -44,6 +44,7 @@ def test_custom_session_table_names_the_runs_table() -> None:
          "      interval: 5s\n", "scheduler.jobs.0.agent.tools: unknown tool(s) ['hammer']"),
         ("scheduler:\n  jobs:\n    - name: a\n      prompt: hi\n      agent: {name: A}\n      cron: '99 * * * *'\n",
          "scheduler.jobs.0: cron '99 * * * *'"),
+        ("state:\n  backend: sqlite\n", "state.backend: unknown key"),
         ("nonsense: 1\n", "nonsense: unknown key"),
         ("- a\n- b\n", "the top level must be a mapping"),
     ],
