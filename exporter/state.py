@@ -130,14 +130,17 @@ class PostgresState:
                     for r in await cur.fetchall()}
 
     async def analyze(self, table: str) -> None:
-        """Refresh one state table's planner statistics (only the owner may: others just get a log line)."""
+        """Refresh one state table's planner statistics. Postgres skips it, with a warning, unless this
+        role owns the table; a failing statement is logged; either way the process goes on."""
+        before = sum(self._growth.get(table, (0.0, 0.0)))
         try:
             async with self.db.transaction() as conn:
                 await conn.execute(sql.SQL("ANALYZE {s}.{t}").format(s=self._s, t=sql.Identifier(table)))
         except psycopg.Error as exc:
             log.warning("cannot ANALYZE %s.%s (lookups may be slow): %s", self.schema, table, exc)
+        # When skipped the planner's estimate did not move: the next try still waits for a doubling.
         estimate = (await self._estimates()).get(table, (0.0, False))[0]
-        self._growth[table] = [estimate, 0.0]
+        self._growth[table] = [max(estimate, before), 0.0]
 
     async def _grew(self, table: str, added: int) -> None:
         """Count rows inserted into ``table``; ANALYZE it once it has doubled since the last time."""
