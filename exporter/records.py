@@ -217,6 +217,8 @@ def _num(value: Any, *where: Any) -> float | None:
 
 
 def _tokens(value: Any, *where: Any) -> int:
+    if type(value) is int and value >= 0:  # the common case first
+        return value
     if value is None:
         return 0
     if isinstance(value, int) and not isinstance(value, bool):
@@ -335,18 +337,12 @@ def _token_split(
             m_id = _str(entry.get("id")) or model
             m_provider = provider_name(_str(entry.get("provider")) or provider)
             for fname, ttype in TOKEN_FIELDS:
-                n = entry.get(fname)
-                if n is None:
-                    continue
-                if type(n) is not int or n < 0:  # the common case needs no call
-                    n = _tokens(n, "metrics.details.", role, "[", i, "].", fname)
+                n = _tokens(entry.get(fname), "metrics.details.", role, "[", i, "].", fname)
                 if n:
                     key = (str(role), m_id, m_provider, ttype)
                     usages[key] = usages.get(key, 0) + n
                     attributed[ttype] += n
-            cost = entry.get("cost")
-            if cost is not None:
-                cost = _num(cost, "metrics.details.", role, "[", i, "].cost")
+            cost = _num(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
             if cost:
                 costs.append(ModelCost(str(role), m_id, m_provider, cost))
     for ttype, total in totals.items():
@@ -396,11 +392,10 @@ def _model_calls(
         if msg.get("role") != "assistant" or msg.get("from_history") is True:
             continue
         metrics = _obj(msg.get("metrics"), "messages[", i, "].metrics")
-        tool_calls = msg.get("tool_calls")
         tool_ids = tuple(
             _str(_obj(tc, "messages[", i, "].tool_calls[]").get("id")) or ""
-            for tc in _list(tool_calls, "messages[", i, "].tool_calls")
-        ) if tool_calls is not None else ()
+            for tc in _list(msg.get("tool_calls"), "messages[", i, "].tool_calls")
+        )
         content = msg.get("content") if with_content else None
         calls.append(
             ModelCall(
