@@ -146,8 +146,7 @@ async def run_demo(args: argparse.Namespace, until_signal: Callable[[], Awaitabl
             "scheduler": {"enabled": True, "shutdown_timeout": SHUTDOWN_TIMEOUT,
                           "jobs": demo_jobs(simulated, flaky.url)},
         })
-        stack = await start_stack(settings, scheduler_options={"fire_immediately": True},
-                                  sim_settings=SimSettings(ttft=0.3, per_token=0.01))
+        stack = await start_stack(settings, sim_settings=SimSettings(ttft=0.3, per_token=0.01))
         _banner(out, settings, stack, embedded, args.duration)
         started = time.monotonic()
         deadline = None if args.duration is None else started + args.duration
