@@ -109,7 +109,7 @@ class RunCollector:
         self.clock = clock
         self.on_commit = on_commit
         self.watermarks: dict[str, Watermark] = {}  # per reader (agno 3.x table, 2.x column)
-        self.top: list[tuple[str, str, str, int, float]] = []
+        self.top: list[tuple[str, str, str, int, float, float]] = []
         self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
         self.started = False
         self.ready = False
@@ -261,17 +261,19 @@ class RunCollector:
         trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
         now = self.clock()
         staged_box: list[Any] = []
+        # Built before the transaction: a session's cost is summed from the very cost observations
+        # that go to agno_cost_usd_total (estimates included), and the transaction stays short.
+        per_run = {r.run_id: list(prom.observations(r, trace_ids[r.run_id], self.opts.prices)) for r in records}
+        costs = {run_id: prom.cost_of(obs) for run_id, obs in per_run.items()}
 
         def compute(fresh: list[RunRecord], new_sessions: list[tuple[str, str]]) -> list[SeriesRow]:
-            obs: list[Observation] = []
-            for rec in fresh:
-                obs.extend(prom.observations(rec, trace_ids[rec.run_id], self.opts.prices))
+            obs: list[Observation] = [o for rec in fresh for o in per_run[rec.run_id]]
             obs.extend(prom.new_session_observations(new_sessions))
             staged = self.store.stage(obs, now)
             staged_box.append(staged)
             return staged.rows()
 
-        batch = await self.state.commit_batch(records, roots, skipped, now, compute)
+        batch = await self.state.commit_batch(records, roots, skipped, now, compute, costs=costs)
         staged_box[-1].apply()  # only after the commit: memory never runs ahead of the state
         for rec in batch.new_records:
             self.m.runs_collected.labels(rec.run_type).inc()
