@@ -64,6 +64,15 @@ class _Loaded:
     roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
 
 
+@dataclass(frozen=True)
+class PollFailure:
+    """The last failed poll, for the landing page."""
+
+    at: float  # unix time
+    reason: str  # database, query, state (agno_exporter_poll_errors_total's reason)
+    message: str  # as logged (connection errors have their URL's password masked, see db.connect)
+
+
 @dataclass
 class PollResult:
     counted: int = 0
@@ -113,6 +122,8 @@ class RunCollector:
         self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
         self.started = False
         self.ready = False
+        self.last_success: float | None = None  # unix time of the last successful poll
+        self.last_failure: PollFailure | None = None
         self._waiting_logged = False
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
@@ -366,13 +377,15 @@ class RunCollector:
                 self.ready = False
                 self.m.ready.set(0)
                 delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
-                log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, str(exc).strip())
+                self.last_failure = PollFailure(self.clock(), reason, str(exc).strip())
+                log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, self.last_failure.message)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
             self.m.poll_duration.observe(time.perf_counter() - t0)
             self.m.up.set(1)
-            self.m.last_success.set(self.clock())
+            self.last_success = self.clock()
+            self.m.last_success.set(self.last_success)
             self.ready = True
             self.m.ready.set(1)
             if result.counted or result.skipped:

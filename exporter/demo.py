@@ -27,14 +27,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from prometheus_client import Counter
-
 from .agents import choose_llm, quiet_agno_logs
 from .config import Settings
 from .db import redact
 from .embedded import EmbeddedPostgres, EmbeddedUnavailable, start_embedded
 from .runner import Stack, metrics_url, start_stack
 from .scheduler import JobStats
+from .service import metric_value
 from .simllm import SimServer, SimSettings, start_server
 
 log = logging.getLogger("agno_exporter")
@@ -115,7 +114,7 @@ class Progress:
             elapsed=elapsed, fired=t.fired, failed=t.failed,
             in_flight=stack.scheduler.in_flight() if stack.scheduler is not None else 0,
             skipped_overlap=t.skipped_overlap, skipped_misfire=t.skipped_misfire,
-            runs_counted_here=round(_counter_total(stack.service.metrics.runs_collected)),
+            runs_counted_here=round(metric_value(stack.service.metrics.runs_collected)),
             runs=round(sum(v.total for v in runs.values())),
             errors=round(sum(v.total for k, v in runs.items() if k[2] == "ERROR")),
             tokens=round(sum(v.total for v in store.series("agno_tokens").values())),
@@ -132,11 +131,6 @@ class Progress:
                     f"skipped {skipped} (overlap {self.skipped_overlap}, misfire {self.skipped_misfire}), " + here)
         return (f"[{self.elapsed:5.0f}s] this process: {here} | in total: runs {self.runs} (ERROR {self.errors}), "
                 f"tokens {self.tokens:,}, tool calls {self.tool_calls} (failed {self.tool_errors})")
-
-
-def _counter_total(counter: Counter) -> float:
-    """A labelled counter's sum over its children (through its public collect())."""
-    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
 
 
 def _banner(out: TextIO, settings: Settings, stack: Stack, embedded: EmbeddedPostgres | None,

@@ -24,8 +24,9 @@ from support import exporter_cmd, free_port
 from truth import run_truth, truth_tokens
 
 from exporter.config import load_settings
-from exporter.demo import Progress, _counter_total
+from exporter.demo import Progress
 from exporter.runner import start_stack
+from exporter.service import metric_value
 from exporter.simllm import SimSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ def test_progress_line_separates_this_process_from_the_totals(db_url: str) -> No
             if overlap:
                 await sched.fire("probe")  # at max_in_flight: skipped, counted as overlap
             await sched.stop()  # firing stops; the run in flight finishes first
-            await until(lambda: round(_counter_total(stack.service.metrics.runs_collected)) == 1, timeout=20)
+            await until(lambda: round(metric_value(stack.service.metrics.runs_collected)) == 1, timeout=20)
             return Progress.of(stack, 12.0)
         finally:
             await stack.stop()
