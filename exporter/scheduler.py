@@ -345,7 +345,8 @@ class ProbeScheduler:
         if len(job.tasks) >= job.spec.max_in_flight:
             job.stats.skipped_overlap += 1
             self.metrics.skipped.labels(name, "overlap").inc()
-            log.debug("job %s: %d run(s) still in flight, firing skipped", name, len(job.tasks))
+            log.debug("job %s: %d run(s) still in flight, firing skipped; next firing at %s", name, len(job.tasks),
+                      _when(self.next_fire_time(name), self._wall_clock()))
             return
         job.stats.fired += 1
         self.metrics.fired.labels(name).inc()
