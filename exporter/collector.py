@@ -64,6 +64,15 @@ class _Loaded:
     roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
 
 
+@dataclass(frozen=True)
+class PollFailure:
+    """The last failed poll, for the landing page."""
+
+    at: float  # unix time
+    reason: str  # database, query, state (agno_exporter_poll_errors_total's reason)
+    message: str  # as logged (connection errors have their URL's password masked, see db.connect)
+
+
 @dataclass
 class PollResult:
     counted: int = 0
@@ -109,10 +118,12 @@ class RunCollector:
         self.clock = clock
         self.on_commit = on_commit
         self.watermarks: dict[str, Watermark] = {}  # per reader (agno 3.x table, 2.x column)
-        self.top: list[tuple[str, str, str, int, float]] = []
+        self.top: list[tuple[str, str, str, int, float, float]] = []
         self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
         self.started = False
         self.ready = False
+        self.last_success: float | None = None  # unix time of the last successful poll
+        self.last_failure: PollFailure | None = None
         self._waiting_logged = False
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
@@ -261,17 +272,19 @@ class RunCollector:
         trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
         now = self.clock()
         staged_box: list[Any] = []
+        # Built before the transaction: a session's cost is summed from the very cost observations
+        # that go to agno_cost_usd_total (estimates included), and the transaction stays short.
+        per_run = {r.run_id: list(prom.observations(r, trace_ids[r.run_id], self.opts.prices)) for r in records}
+        costs = {run_id: prom.cost_of(obs) for run_id, obs in per_run.items()}
 
         def compute(fresh: list[RunRecord], new_sessions: list[tuple[str, str]]) -> list[SeriesRow]:
-            obs: list[Observation] = []
-            for rec in fresh:
-                obs.extend(prom.observations(rec, trace_ids[rec.run_id], self.opts.prices))
+            obs: list[Observation] = [o for rec in fresh for o in per_run[rec.run_id]]
             obs.extend(prom.new_session_observations(new_sessions))
             staged = self.store.stage(obs, now)
             staged_box.append(staged)
             return staged.rows()
 
-        batch = await self.state.commit_batch(records, roots, skipped, now, compute)
+        batch = await self.state.commit_batch(records, roots, skipped, now, compute, costs=costs)
         staged_box[-1].apply()  # only after the commit: memory never runs ahead of the state
         for rec in batch.new_records:
             self.m.runs_collected.labels(rec.run_type).inc()
@@ -364,13 +377,15 @@ class RunCollector:
                 self.ready = False
                 self.m.ready.set(0)
                 delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
-                log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, str(exc).strip())
+                self.last_failure = PollFailure(self.clock(), reason, str(exc).strip())
+                log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, self.last_failure.message)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
             self.m.poll_duration.observe(time.perf_counter() - t0)
             self.m.up.set(1)
-            self.m.last_success.set(self.clock())
+            self.last_success = self.clock()
+            self.m.last_success.set(self.last_success)
             self.ready = True
             self.m.ready.set(1)
             if result.counted or result.skipped:

@@ -245,6 +245,9 @@ class JobSpec(_Strict):
     misfire_grace_time: Duration = Field(default=30.0, ge=1.0)  # APScheduler 3 takes whole seconds
     session: Literal["per_run", "shared"] = "per_run"
     user_id: str | None = None
+    # Fire once as the scheduler starts, then on the schedule: without it an ``interval: 1h`` job
+    # says nothing for an hour. Not set in the job: ``scheduler.fire_at_start`` decides.
+    fire_at_start: bool = True
 
     @model_validator(mode="after")
     def _one_of(self) -> JobSpec:
@@ -279,6 +282,8 @@ class SchedulerSettings(_Strict):
     # auto: OpenAI when OPENAI_API_KEY is set, the built-in simulated model otherwise.
     llm: Literal["auto", "openai", "simulated"] = "auto"
     shutdown_timeout: Duration = 30.0
+    # Every job fires once at start, then on its schedule; a job's own fire_at_start wins.
+    fire_at_start: bool = True
     jobs: tuple[JobSpec, ...] = Field(default_factory=lambda: (_seed_job(),))
 
     @field_validator("jobs")
@@ -289,6 +294,15 @@ class SchedulerSettings(_Strict):
         if dupes:
             raise ValueError(f"job names must be unique; repeated: {dupes}")
         return v
+
+    @model_validator(mode="after")
+    def _default_fire_at_start(self) -> SchedulerSettings:
+        """Jobs that do not set ``fire_at_start`` take the scheduler's, so the scheduler reads one value."""
+        jobs = tuple(j if "fire_at_start" in j.model_fields_set
+                     else j.model_copy(update={"fire_at_start": self.fire_at_start}) for j in self.jobs)
+        if jobs != self.jobs:
+            object.__setattr__(self, "jobs", jobs)  # frozen: set once, during validation
+        return self
 
 
 class HASettings(_Strict):

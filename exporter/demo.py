@@ -7,7 +7,8 @@ PostgreSQL from pip (unless a database URL is given), the simulated model (unles
 family of metrics: the seed's agent with its yfinance tool, a streamed agent (TTFT), another model
 id, a team with a member, a flaky agent (tool errors, HTTP 429/500 from a second simulated endpoint
 that fails about a third of its requests), and a slow agent that overlaps itself (skipped firings).
-It prints where to look (/metrics, a psql URL) and a progress line every few seconds.
+It prints where to look (/metrics, a psql URL) and a progress line every few seconds: what this
+process fired, skipped (and why) and counted, apart from the totals counted so far.
 
 The demo's jobs replace any ``scheduler.jobs`` of a config file; agno's own log lines are hidden
 (the demo's errors are on purpose) unless ``log.level`` is ``debug``.
@@ -23,6 +24,7 @@ import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .agents import choose_llm, quiet_agno_logs
@@ -30,6 +32,8 @@ from .config import Settings
 from .db import redact
 from .embedded import EmbeddedPostgres, EmbeddedUnavailable, start_embedded
 from .runner import Stack, metrics_url, start_stack
+from .scheduler import JobStats
+from .service import metric_value
 from .simllm import SimServer, SimSettings, start_server
 
 log = logging.getLogger("agno_exporter")
@@ -79,21 +83,54 @@ def _settings(args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> Set
     return cli_settings(args, extra)
 
 
-def _progress(stack: Stack, started: float) -> str:
-    store = stack.service.store
-    runs = store.series("agno_runs")
-    total = sum(v.total for v in runs.values())
-    errors = sum(v.total for k, v in runs.items() if k[2] == "ERROR")
-    tokens = sum(v.total for v in store.series("agno_tokens").values())
-    tools = sum(v.total for v in store.series("agno_tool_calls").values())
-    tool_errors = sum(v.total for v in store.series("agno_tool_call_errors").values())
-    line = f"[{time.monotonic() - started:5.0f}s] "
-    if stack.scheduler is not None:
-        t = stack.scheduler.totals()
-        line += (f"fired {t.fired} ({t.failed} failed to start, {t.skipped_overlap + t.skipped_misfire} "
-                 f"skipped), {stack.scheduler.in_flight()} in flight | ")
-    return (line + f"collected {total:.0f} runs ({errors:.0f} ERROR), {tokens:,.0f} tokens, "
-            f"{tools:.0f} tool calls ({tool_errors:.0f} failed)")
+@dataclass(frozen=True)
+class Progress:
+    """One progress line's numbers: what this process did, apart from what was counted in total.
+
+    The demo's database and state outlive the process (``--data-dir``), so the totals include the
+    runs of earlier demos; the scheduler's numbers and ``runs_counted_here`` are this process's own.
+    """
+
+    elapsed: float
+    fired: int  # firings that tried to start a run (failed starts included)
+    failed: int  # of those, runs that could not start
+    in_flight: int
+    skipped_overlap: int  # firings skipped: max_in_flight runs of the job still in flight
+    skipped_misfire: int  # firings skipped: fired later than misfire_grace_time
+    runs_counted_here: int  # agno_exporter_runs_collected_total
+    runs: int  # agno_runs_total, all runs counted so far
+    errors: int
+    tokens: int
+    tool_calls: int
+    tool_errors: int
+    scheduler: bool = True
+
+    @classmethod
+    def of(cls, stack: Stack, elapsed: float) -> Progress:
+        store = stack.service.store
+        runs = store.series("agno_runs")
+        t = stack.scheduler.totals() if stack.scheduler is not None else JobStats()
+        return cls(
+            elapsed=elapsed, fired=t.fired, failed=t.failed,
+            in_flight=stack.scheduler.in_flight() if stack.scheduler is not None else 0,
+            skipped_overlap=t.skipped_overlap, skipped_misfire=t.skipped_misfire,
+            runs_counted_here=round(metric_value(stack.service.metrics.runs_collected)),
+            runs=round(sum(v.total for v in runs.values())),
+            errors=round(sum(v.total for k, v in runs.items() if k[2] == "ERROR")),
+            tokens=round(sum(v.total for v in store.series("agno_tokens").values())),
+            tool_calls=round(sum(v.total for v in store.series("agno_tool_calls").values())),
+            tool_errors=round(sum(v.total for v in store.series("agno_tool_call_errors").values())),
+            scheduler=stack.scheduler is not None,
+        )
+
+    def line(self) -> str:
+        here = f"runs counted {self.runs_counted_here}"
+        if self.scheduler:
+            skipped = self.skipped_overlap + self.skipped_misfire
+            here = (f"fired {self.fired} ({self.failed} failed to start), in flight {self.in_flight}, "
+                    f"skipped {skipped} (overlap {self.skipped_overlap}, misfire {self.skipped_misfire}), " + here)
+        return (f"[{self.elapsed:5.0f}s] this process: {here} | in total: runs {self.runs} (ERROR {self.errors}), "
+                f"tokens {self.tokens:,}, tool calls {self.tool_calls} (failed {self.tool_errors})")
 
 
 def _banner(out: TextIO, settings: Settings, stack: Stack, embedded: EmbeddedPostgres | None,
@@ -110,6 +147,11 @@ def _banner(out: TextIO, settings: Settings, stack: Stack, embedded: EmbeddedPos
         jobs = ", ".join(f"{j.name} ({j.interval:g}s)" for j in settings.scheduler.jobs if j.interval)
         lines.append(f"  jobs      {jobs}")
     lines.append("  runs      agno writes them to ai.agno_runs; the collector turns them into metrics")
+    if stack.scheduler is not None:
+        lines.append("  progress  this process: what it fired and counted | in total: every run counted in this "
+                     "database, earlier demos included")
+        lines.append("            skipped: overlap = the job's last run still in flight (max_in_flight), "
+                     "misfire = fired too late (misfire_grace_time)")
     lines.append("  stop      Ctrl-C" + (f", or wait {duration:g}s" if duration else ""))
     print("\n".join(lines) + "\n", file=out, flush=True)
 
@@ -146,8 +188,7 @@ async def run_demo(args: argparse.Namespace, until_signal: Callable[[], Awaitabl
             "scheduler": {"enabled": True, "shutdown_timeout": SHUTDOWN_TIMEOUT,
                           "jobs": demo_jobs(simulated, flaky.url)},
         })
-        stack = await start_stack(settings, scheduler_options={"fire_immediately": True},
-                                  sim_settings=SimSettings(ttft=0.3, per_token=0.01))
+        stack = await start_stack(settings, sim_settings=SimSettings(ttft=0.3, per_token=0.01))
         _banner(out, settings, stack, embedded, args.duration)
         started = time.monotonic()
         deadline = None if args.duration is None else started + args.duration
@@ -156,7 +197,7 @@ async def run_demo(args: argparse.Namespace, until_signal: Callable[[], Awaitabl
             if wait <= 0:
                 break
             await asyncio.wait({stopped}, timeout=wait)
-            print(_progress(stack, started), file=out, flush=True)
+            print(Progress.of(stack, time.monotonic() - started).line(), file=out, flush=True)
         print("stopping ...", file=out, flush=True)
         return 0
     finally:

@@ -134,6 +134,20 @@ def _estimated_cost(record: RunRecord, prices: PriceTable) -> Iterator[Observati
             yield Observation("agno_cost_usd", (record.run_type, record.name, model, provider, "estimated"), usd)
 
 
+def cost_of(observations: Iterable[Observation]) -> tuple[float, float]:
+    """(reported, estimated) US dollars among one run's observations: what it adds to
+    ``agno_cost_usd_total``. The session figures (``agno_session_top_cost_usd``) sum these, so a
+    session's cost always equals its runs' exported cost, whatever the price table does."""
+    reported = estimated = 0.0
+    for o in observations:
+        if o.family == "agno_cost_usd":
+            if o.labels[-1] == "reported":
+                reported += o.value
+            else:
+                estimated += o.value
+    return reported, estimated
+
+
 def new_session_observations(new_sessions: Iterable[tuple[str, str]]) -> Iterator[Observation]:
     for run_type, name in new_sessions:
         yield Observation("agno_sessions", (run_type, name), 1)
@@ -215,11 +229,15 @@ def open_runs_metrics(rows: Sequence[tuple[str, str, str, int, int, float]], stu
                 [((rt, nm, st), age) for rt, nm, st, _, _, age in rows])
 
 
-def top_sessions_metrics(rows: Sequence[tuple[str, str, str, int, float]]) -> Iterator[Metric]:
-    """The K costliest recent sessions: rank, session id, and their token and cost totals."""
+def top_sessions_metrics(rows: Sequence[tuple[str, str, str, int, float, float]]) -> Iterator[Metric]:
+    """The K sessions with the most tokens: rank, session id, their tokens, and their cost by source."""
     labels = ["rank", "session_id", "run_type", "name"]
     yield gauge("agno_session_top_tokens", "Tokens of the K sessions with the most tokens in the window "
                 "(sum of their runs, member runs included).", labels,
-                (((str(i + 1), sid, rt, nm), tok) for i, (sid, rt, nm, tok, _) in enumerate(rows)))
-    yield gauge("agno_session_top_cost_usd", "Cost in USD of the same K sessions (reported cost).", labels,
-                (((str(i + 1), sid, rt, nm), cost) for i, (sid, rt, nm, _, cost) in enumerate(rows)))
+                (((str(i + 1), sid, rt, nm), tok) for i, (sid, rt, nm, tok, _, _) in enumerate(rows)))
+    yield gauge("agno_session_top_cost_usd", "Cost in USD of the same K sessions: the sum of their runs' "
+                "agno_cost_usd_total, by the same source (reported by the provider, or estimated from the price "
+                "table); sum without (source) for the total.", [*labels, "source"],
+                (((str(i + 1), sid, rt, nm, source), usd)
+                 for i, (sid, rt, nm, _, reported, estimated) in enumerate(rows)
+                 for source, usd in (("reported", reported), ("estimated", estimated))))

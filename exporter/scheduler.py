@@ -18,6 +18,9 @@ Rules this module keeps:
   keeps its schedule and the other jobs are untouched.
 * Shutdown stops firing, gives in-flight runs ``shutdown_timeout`` (agno's
   ``await_background_runs``), asks agno to cancel what is left, then closes the model clients.
+* A job with ``fire_at_start`` (the default) fires once as the scheduler starts, then on its
+  schedule, so an ``interval: 1h`` probe measures the provider at once instead of an hour later.
+  The start log says, per job, when it fires first and next; each firing logs (debug) the next one.
 
 Cron expressions follow crontab's day-of-week numbering (0 or 7 = Sunday), not APScheduler 3's
 (0 = Monday); schedules are evaluated in UTC.
@@ -33,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from agno.run.background import await_background_runs
@@ -103,11 +106,36 @@ def cron_trigger(expr: str, jitter: float | None = None) -> CronTrigger:
                        jitter=jitter)
 
 
-def make_trigger(job: JobSpec) -> BaseTrigger:
-    """The job's schedule; tests pass their own factory to ProbeScheduler instead."""
+def planned_firings(trigger: BaseTrigger, fire_at_start: bool,
+                    now: datetime) -> tuple[datetime | None, datetime | None]:
+    """The first two firing times of a job started at ``now`` (None: the trigger never fires).
+
+    With ``fire_at_start`` the first is ``now`` and the second what the trigger gives after it,
+    as APScheduler computes it after that firing; otherwise both come from the trigger. Pure:
+    what the start log reports and what the scheduler is given are the same values.
+    """
+    first = now if fire_at_start else trigger.get_next_fire_time(None, now)
+    second = None if first is None else trigger.get_next_fire_time(first, first)
+    return first, second
+
+
+def _when(at: datetime | None, now: datetime) -> str:
+    """``2025-01-01 12:00:00 UTC (in 59s)`` for the log."""
+    if at is None:
+        return "never (the schedule has no time left)"
+    left = max(0, round((at - now).total_seconds()))
+    h, rest = divmod(left, 3600)
+    m, sec = divmod(rest, 60)
+    span = f"{h}h {m}m" if h else f"{m}m {sec}s" if m else f"{sec}s"
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (in {span})"
+
+
+def make_trigger(job: JobSpec, now: datetime | None = None) -> BaseTrigger:
+    """The job's schedule, counted from ``now`` (default: the real time, as APScheduler does)."""
     jitter = job.jitter or None
     if job.interval is not None:
-        return IntervalTrigger(seconds=job.interval, jitter=jitter, timezone=UTC)
+        start = None if now is None else now + timedelta(seconds=job.interval)
+        return IntervalTrigger(seconds=job.interval, start_date=start, jitter=jitter, timezone=UTC)
     assert job.cron is not None  # JobSpec guarantees one of the two
     return cron_trigger(job.cron, jitter)
 
@@ -180,11 +208,11 @@ class ProbeScheduler:
         registry: CollectorRegistry,
         *,
         shutdown_timeout: float = 30.0,
-        trigger_factory: Callable[[JobSpec], BaseTrigger] = make_trigger,
-        fire_immediately: bool = False,
+        trigger_factory: Callable[[JobSpec], BaseTrigger] | None = None,
         watch_interval: float = 0.1,
         run_timeout: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         active: Callable[[], bool] = lambda: True,
     ) -> None:
         self._jobs = {spec.name: _Job(spec) for spec in jobs}
@@ -193,12 +221,12 @@ class ProbeScheduler:
         self.metrics = SchedulerMetrics(registry)
         self.shutdown_timeout = shutdown_timeout
         self._trigger_factory = trigger_factory
-        self._fire_immediately = fire_immediately
         self._watch_interval = watch_interval
         # A run whose status never becomes final (agno issue #4174) stops counting after this long,
         # so one stuck run cannot stop its job for good.
         self._run_timeout = run_timeout
         self._clock = clock
+        self._wall_clock = wall_clock  # schedules are in UTC wall time; tests pass their own
         self._aps = AsyncIOScheduler(timezone=UTC)
         self._aps.add_listener(self._on_aps_event, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self._stopping = False
@@ -241,24 +269,36 @@ class ProbeScheduler:
 
     def start(self) -> None:
         """Schedule every job; call from the running event loop."""
-        now = datetime.now(UTC)
+        now = self._wall_clock()
+        plans: dict[str, tuple[datetime | None, datetime | None]] = {}
         for name, job in self._jobs.items():
             spec = job.spec
-            options: dict[str, Any] = {}
-            if self._fire_immediately and spec.interval is not None:
-                options["next_run_time"] = now
+            trigger = self._trigger_factory(spec) if self._trigger_factory else make_trigger(spec, now)
+            first, second = planned_firings(trigger, spec.fire_at_start, now)
+            plans[name] = (first, second)
             self._aps.add_job(
-                self.fire, self._trigger_factory(spec), args=(name,), id=name, name=f"probe {name}",
+                self.fire, trigger, args=(name,), id=name, name=f"probe {name}",
                 coalesce=True, max_instances=1,
                 # APScheduler 3 takes whole seconds only.
                 misfire_grace_time=max(1, math.ceil(spec.misfire_grace_time)),
-                **options,
+                next_run_time=first,  # None: added paused, as APScheduler does for a spent trigger
             )
-            log.info("job %s: %s every %s, max %d in flight", name,
-                     f"team {spec.team.name}" if spec.team else f"agent {spec.agent.name if spec.agent else '?'}",
-                     f"{spec.interval:g}s" if spec.interval is not None else f"cron '{spec.cron}' (UTC)",
-                     spec.max_in_flight)
         self._aps.start()
+        for name, (first, second) in plans.items():
+            spec = self._jobs[name].spec
+            what = f"team {spec.team.name}" if spec.team else f"agent {spec.agent.name if spec.agent else '?'}"
+            every = f"every {spec.interval:g}s" if spec.interval is not None else f"cron '{spec.cron}' (UTC)"
+            jitter = f" (jitter up to {spec.jitter:g}s)" if spec.jitter else ""
+            if spec.fire_at_start and first is not None:
+                when = f"fires now (fire_at_start), next at {_when(second, now)}"
+            else:
+                when = f"first firing at {_when(first, now)}"
+            log.info("job %s: %s %s%s, max %d in flight; %s", name, what, every, jitter, spec.max_in_flight, when)
+
+    def next_fire_time(self, job: str) -> datetime | None:
+        """When APScheduler will fire ``job`` next (None: not scheduled, or stopped)."""
+        scheduled = self._aps.get_job(job) if self._aps.running else None
+        return scheduled.next_run_time if scheduled is not None else None
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop firing, wait up to ``timeout`` (default ``shutdown_timeout``) for in-flight runs,
@@ -305,7 +345,8 @@ class ProbeScheduler:
         if len(job.tasks) >= job.spec.max_in_flight:
             job.stats.skipped_overlap += 1
             self.metrics.skipped.labels(name, "overlap").inc()
-            log.debug("job %s: %d run(s) still in flight, firing skipped", name, len(job.tasks))
+            log.debug("job %s: %d run(s) still in flight, firing skipped; next firing at %s", name, len(job.tasks),
+                      _when(self.next_fire_time(name), self._wall_clock()))
             return
         job.stats.fired += 1
         self.metrics.fired.labels(name).inc()
@@ -313,6 +354,8 @@ class ProbeScheduler:
         job.tasks.add(task)
         self.metrics.in_flight.labels(name).set(len(job.tasks))
         task.add_done_callback(lambda t: self._done(job, t))
+        # APScheduler moved the job's next run time before it called us.
+        log.debug("job %s: fired; next firing at %s", name, _when(self.next_fire_time(name), self._wall_clock()))
 
     def _done(self, job: _Job, task: asyncio.Task[None]) -> None:
         job.tasks.discard(task)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector as PromCollector
 
@@ -28,7 +29,7 @@ from .prices import Price, PriceTable
 from .readers import AgnoSource
 from .records import RunRecord
 from .state import PostgresState
-from .web import Health, bound_port, build_app, serve
+from .web import Health, Status, bound_port, build_app, serve
 from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("agno_exporter")
@@ -45,6 +46,18 @@ def database_url(settings: Settings) -> str:
     if settings.database.url is None:
         raise ConfigError("database.url: not set (use --db-url, DATABASE_URL or the config file)")
     return settings.database.url.get_secret_value()
+
+
+# source.Layout.version -> what the landing page says
+LAYOUTS = {"v3": "agno 3.x (a row per run in the runs table)",
+           "v2": "agno 2.x (runs in the sessions table's runs column)",
+           "mixed": "agno 2.x and 3.x mid-migration (runs table first, then the legacy column)",
+           "none": "no agno tables found yet"}
+
+
+def metric_value(metric: Counter | Gauge) -> float:
+    """A metric's current value, summed over its label values (through its public collect())."""
+    return sum(x.value for m in metric.collect() for x in m.samples if not x.name.endswith("_created"))
 
 
 class LeaderOnly(PromCollector):
@@ -123,16 +136,45 @@ class Service:
             self.trace_sink.notify()
 
     def health(self) -> Health:
-        def detail() -> dict[str, str]:
-            return {
-                "database": redact(database_url(self.settings)),
-                "source": self.source.key,
-                "layout": self.source.layout.describe() if self.source.layout else "not discovered yet",
-                "collector": "ready" if self.collector.ready
-                else "not ready (no successful poll yet, or database unreachable)",
-                "series": str(self.store.series_count()),
-            }
-        return Health(ready=lambda: self.collector.ready, detail=detail)
+        return Health(ready=lambda: self.collector.ready, status=self.status)
+
+    def status(self) -> Status:
+        """The landing page's numbers, read from the running components (no database query)."""
+        s, c = self.settings, self.collector
+        url = database_url(s)
+        state_url = s.state.url.get_secret_value() if s.state.url else None
+        if not s.collector.enabled:
+            collector = "off (collector.enabled: false)"
+        elif s.ha.enabled and not c.leadership.is_leader:
+            collector = "standby (ha.enabled: another replica collects)"
+        else:
+            collector = "ready" if c.ready else "not ready (no successful poll yet, or the database is unreachable)"
+        layout = self.source.layout
+        failure = c.last_failure
+        if failure is not None:  # defence in depth: libpq may quote a URL's parts in its messages
+            failure = replace(failure, message=redact(redact(failure.message, url), state_url))
+        backlog = agno_backlog = None
+        if s.traces_enabled and self.trace_sink is not None:
+            from .traces import ORIGIN_AGNO_TRACING, ORIGIN_RUNS
+
+            backlog = round(metric_value(self.delivery_metrics.backlog(ORIGIN_RUNS)))
+            if self.agno_span_sink is not None:
+                agno_backlog = round(metric_value(self.delivery_metrics.backlog(ORIGIN_AGNO_TRACING)))
+        return Status(
+            now=time.time(),
+            collector=collector,
+            database=redact(url, url),
+            state=redact(state_url, state_url) if state_url and state_url != url else None,
+            layout=LAYOUTS.get(layout.version, layout.version) if layout else "not discovered yet",
+            tables=layout.describe() if layout else "not discovered yet",
+            last_success=c.last_success,
+            runs_counted=round(sum(v.total for v in self.store.series("agno_runs").values())),
+            runs_counted_here=round(metric_value(self.metrics.runs_collected)),
+            series=self.store.series_count(),
+            last_error=failure,
+            trace_backlog=backlog,
+            agno_spans_backlog=agno_backlog,
+        )
 
     async def start(self) -> None:
         host, port = parse_listen(self.settings.web.listen)

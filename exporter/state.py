@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +100,10 @@ class PostgresState:
                 " last_seen double precision NOT NULL, PRIMARY KEY (source, session_id))",
                 "CREATE INDEX IF NOT EXISTS sessions_recent ON {s}.sessions (source, last_seen)",
                 "ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS disagreement boolean NOT NULL DEFAULT false",
+                # cost is what providers reported; estimated_cost what the price table estimated for the
+                # rest (states written before it existed start at 0 for the sessions they hold)
+                "ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS estimated_cost double precision NOT NULL"
+                " DEFAULT 0",
                 # agno's own spans (traces.forward_agno_spans): the dedupe and the outbox in one row per span
                 "CREATE TABLE IF NOT EXISTS {s}.forwarded_spans (source text NOT NULL, span_id text NOT NULL,"
                 " queued_at double precision NOT NULL, exported boolean NOT NULL DEFAULT false,"
@@ -225,18 +229,21 @@ class PostgresState:
             )
             return {r["run_id"]: r["root_run_id"] for r in await cur.fetchall()}
 
-    async def top_sessions(self, since: float, limit: int) -> list[tuple[str, str, str, int, float]]:
+    async def top_sessions(self, since: float, limit: int) -> list[tuple[str, str, str, int, float, float]]:
+        """The ``limit`` sessions with most tokens seen since ``since``: (session id, run type, name,
+        tokens, reported cost, estimated cost)."""
         if limit <= 0:
             return []
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self._q(
-                    "SELECT session_id, run_type, name, tokens, cost FROM {s}.sessions"
+                    "SELECT session_id, run_type, name, tokens, cost, estimated_cost FROM {s}.sessions"
                     " WHERE source = %s AND last_seen >= %s ORDER BY tokens DESC, session_id LIMIT %s"
                 ),
                 (self.source, since, limit),
             )
-            return [(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"]) for r in await cur.fetchall()]
+            return [(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"], r["estimated_cost"])
+                    for r in await cur.fetchall()]
 
     async def sessions_by_id(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not session_ids:
@@ -278,8 +285,14 @@ class PostgresState:
         skipped: Sequence[tuple[str, str]],
         now: float,
         compute: Compute,
+        costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> BatchResult:
-        """Count ``records`` (and mark ``skipped`` (run_id, reason) as seen) in one transaction."""
+        """Count ``records`` (and mark ``skipped`` (run_id, reason) as seen) in one transaction.
+
+        ``costs``: run id -> (reported, estimated) US dollars, what the run adds to
+        ``agno_cost_usd_total`` (:func:`exporter.prom.cost_of`), summed into its session; a run
+        missing from it adds its reported cost only.
+        """
         async with self.db.transaction() as conn:
             new_ids: set[str] = set()
             if records:
@@ -311,7 +324,7 @@ class PostgresState:
                     (self.source, now, [s[0] for s in skipped], [s[1] for s in skipped]),
                 )
             fresh = [r for r in records if r.run_id in new_ids]
-            new_sessions = await self._sessions(conn, fresh, now)
+            new_sessions = await self._sessions(conn, fresh, now, costs or {})
             rows = compute(fresh, new_sessions)
             await self._write_series(conn, rows)
         await self._grew("runs", len(new_ids) + len(skipped))
@@ -340,7 +353,8 @@ class PostgresState:
         )
 
     async def _sessions(
-        self, conn: psycopg.AsyncConnection[dict[str, Any]], records: Sequence[RunRecord], now: float
+        self, conn: psycopg.AsyncConnection[dict[str, Any]], records: Sequence[RunRecord], now: float,
+        costs: Mapping[str, tuple[float, float]],
     ) -> list[tuple[str, str]]:
         """Add the runs to their sessions' totals; return (run_type, name) of sessions that are new."""
         agg: dict[str, list[Any]] = {}
@@ -348,34 +362,38 @@ class PostgresState:
             if not r.session_id:
                 continue
             tokens = r.totals.get("input", 0) + r.totals.get("output", 0)
+            reported, estimated = costs.get(r.run_id, (r.cost_usd, 0.0))
             a = agg.get(r.session_id)
             if a is None:
                 # A session is named after its top-level run (the member runs of a team share it).
-                agg[r.session_id] = [r.run_type, r.name, tokens, r.cost_usd, 1, r.parent_run_id is None]
+                agg[r.session_id] = [r.run_type, r.name, tokens, reported, estimated, 1, r.parent_run_id is None]
             else:
                 a[2] += tokens
-                a[3] += r.cost_usd
-                a[4] += 1
-                if not a[5] and r.parent_run_id is None:
-                    a[0], a[1], a[5] = r.run_type, r.name, True
+                a[3] += reported
+                a[4] += estimated
+                a[5] += 1
+                if not a[6] and r.parent_run_id is None:
+                    a[0], a[1], a[6] = r.run_type, r.name, True
         if not agg:
             return []
         ids = list(agg)
         cur = await conn.execute(
             self._q(
-                "INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost, runs,"
-                " first_seen, last_seen)"
-                " SELECT %s, sid, rt, nm, tk, co, n, %s, %s"
-                " FROM unnest(%b::text[], %b::text[], %b::text[], %b::int8[], %b::float8[], %b::int[], %b::bool[])"
-                " AS x(sid, rt, nm, tk, co, n, top)"
+                "INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost, estimated_cost,"
+                " runs, first_seen, last_seen)"
+                " SELECT %s, sid, rt, nm, tk, co, est, n, %s, %s"
+                " FROM unnest(%b::text[], %b::text[], %b::text[], %b::int8[], %b::float8[], %b::float8[], %b::int[],"
+                " %b::bool[]) AS x(sid, rt, nm, tk, co, est, n, top)"
                 " ON CONFLICT (source, session_id) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens,"
-                " cost = s.cost + EXCLUDED.cost, runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen"
+                " cost = s.cost + EXCLUDED.cost, estimated_cost = s.estimated_cost + EXCLUDED.estimated_cost,"
+                " runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen"
                 " RETURNING (xmax = 0) AS inserted, run_type, name"
             ),
             (
                 self.source, now, now, ids,
                 [agg[i][0] for i in ids], [agg[i][1] for i in ids], [int(agg[i][2]) for i in ids],
-                [float(agg[i][3]) for i in ids], [agg[i][4] for i in ids], [agg[i][5] for i in ids],
+                [float(agg[i][3]) for i in ids], [float(agg[i][4]) for i in ids], [agg[i][5] for i in ids],
+                [agg[i][6] for i in ids],
             ),
         )
         return [(r["run_type"], r["name"]) for r in await cur.fetchall() if r["inserted"]]

@@ -1,5 +1,9 @@
 """HTTP: /metrics, /healthz, /readyz and a landing page, served from the asyncio loop we already have.
 
+The landing page answers "is it working?" at a glance, from a :class:`Status` gathered per request:
+the last successful poll and its age, the runs counted, the agno tables and layout read, the last
+error (credentials masked), the trace backlog when traces are on.
+
 /metrics speaks the Prometheus text format, and OpenMetrics (with exemplars) when the scraper asks
 for it. Securing it (TLS, client certificates, basic auth with bcrypt hashes) follows the shape of
 Prometheus's exporter-toolkit web config, see :mod:`exporter.webconfig`.
@@ -11,6 +15,8 @@ import html
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -20,13 +26,80 @@ from . import __version__
 from .exposition import render
 from .webconfig import WebConfig, basic_auth_middleware
 
+if TYPE_CHECKING:
+    from .collector import PollFailure
+
+
+@dataclass(frozen=True)
+class Status:
+    """The exporter at a glance: what the landing page shows and /readyz lists, gathered per request.
+
+    Plain values, so another piece of the page is one more field and one more row in :meth:`rows`.
+    """
+
+    now: float  # unix time of the request
+    collector: str  # ready, not ready (why), standby, off
+    database: str  # agno's database, password masked
+    state: str | None  # the state's database when it is another one, password masked
+    layout: str  # agno 3.x / 2.x / both (source.Layout.version), or not discovered yet
+    tables: str  # the agno tables read (source.Layout.describe())
+    last_success: float | None  # unix time of the last successful poll
+    runs_counted: int  # every run counted in the state (all processes, since the state began)
+    runs_counted_here: int  # by this process (agno_exporter_runs_collected_total)
+    series: int
+    last_error: PollFailure | None = None
+    trace_backlog: int | None = None  # runs waiting for span delivery; None: traces off
+    agno_spans_backlog: int | None = None  # agno's own spans waiting; None: not forwarded
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(label, text) pairs, in the page's order."""
+        out = [("collector", self.collector),
+               ("last successful poll", self._when(self.last_success) if self.last_success else "none yet"),
+               ("runs counted", f"{self.runs_counted:,} ({self.runs_counted_here:,} by this process)"),
+               ("layout", self.layout),
+               ("tables read", self.tables),
+               ("last error", self._error())]
+        if self.trace_backlog is not None:
+            out.append(("trace backlog", f"{self.trace_backlog:,} runs waiting for span delivery (last pass, "
+                                         "at most traces.batch_size)"))
+        if self.agno_spans_backlog is not None:
+            out.append(("agno spans backlog", f"{self.agno_spans_backlog:,} spans waiting to be forwarded (last pass)"))
+        out.append(("database", self.database))
+        if self.state is not None:
+            out.append(("state", self.state))
+        out.append(("series", f"{self.series:,}"))
+        return out
+
+    @property
+    def failing(self) -> bool:
+        """The last poll failed (the last error is newer than the last success)."""
+        return self.last_error is not None and self.last_error.at >= (self.last_success or 0.0)
+
+    def _error(self) -> str:
+        e = self.last_error
+        if e is None:
+            return "none since start"
+        return f"{self._when(e.at)}, {e.reason}: {' '.join(e.message.split())}"  # libpq's lines, on one
+
+    def _when(self, at: float) -> str:
+        stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"{stamp} ({_age(self.now - at)} ago)"
+
+
+def _age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size}{unit} {s % size // sub_size}{sub}"
+    return f"{s}s"
+
 
 @dataclass
 class Health:
     """What /readyz and the landing page report; set by the running components."""
 
     ready: Callable[[], bool]
-    detail: Callable[[], dict[str, str]]
+    status: Callable[[], Status]
 
 
 def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig | None = None) -> web.Application:
@@ -44,17 +117,21 @@ def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig
         return web.Response(text="ok\n")
 
     async def readyz(request: web.Request) -> web.Response:
-        lines = "".join(f"{k}: {v}\n" for k, v in health.detail().items())
+        lines = "".join(f"{k}: {v}\n" for k, v in health.status().rows())
         if health.ready():
             return web.Response(text="ready\n" + lines)
         return web.Response(status=503, text="not ready\n" + lines)
 
     async def index(request: web.Request) -> web.Response:
+        status = health.status()
         rows = "".join(
-            f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in health.detail().items()
+            f"<tr{' class=bad' if k == 'last error' and status.failing else ''}><th>{html.escape(k)}</th>"
+            f"<td>{html.escape(v)}</td></tr>" for k, v in status.rows()
         )
         page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>agno-exporter</title></head>"
+            "<!doctype html><html><head><meta charset='utf-8'><title>agno-exporter</title>"
+            "<style>body{font-family:sans-serif;margin:2em}th{text-align:left;padding-right:1.5em;"
+            "vertical-align:top}td,th{padding-bottom:.3em}.bad td{color:#b00020}</style></head>"
             f"<body><h1>agno-exporter {html.escape(__version__)}</h1>"
             "<p>Prometheus metrics and OpenTelemetry spans for Agno agents, read from agno's Postgres.</p>"
             "<ul><li><a href='metrics'>/metrics</a></li><li><a href='healthz'>/healthz</a></li>"

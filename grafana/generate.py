@@ -102,6 +102,17 @@ def stat(title: str, description: str, expr: str, unit: str, *, thresholds: Json
     }
 
 
+# Appended to the query of a stat that counts something that may not have happened (spans dropped,
+# tool errors, ...): Prometheus has no series for it until it happens, and the panel should say 0,
+# not "No data". tests/test_stack.py checks such panels return 0 on a fresh exporter.
+ZERO = " or vector(0)"
+
+
+def count(title: str, description: str, expr: str, *, thresholds: Json | None = None) -> Json:
+    """A stat of how many times something happened; 0 when it never did."""
+    return stat(title, description, expr + ZERO, "short", decimals=0, thresholds=thresholds)
+
+
 def table(title: str, description: str, targets: list[Json], *, rename: dict[str, str],
           hide: tuple[str, ...] = ("Time", "__name__", "job", "instance"), units: dict[str, str] | None = None,
           sort_by: str | None = None, links: dict[str, list[Json]] | None = None,
@@ -197,9 +208,23 @@ def dashboard(uid: str, title: str, description: str, panels: list[Json], variab
     }
 
 
+def session_targets(selector: str) -> list[Json]:
+    """Tokens, total cost (both sources) and the estimated part of the top sessions, one row each."""
+    sel = f"{{{selector}}}" if selector else ""
+    est = f'{{{selector + ", " if selector else ""}source="estimated"}}'
+    return [target(f"agno_session_top_tokens{sel}"),
+            target(f"sum without (source) (agno_session_top_cost_usd{sel})"),
+            target(f"sum without (source) (agno_session_top_cost_usd{est})")]
+
+
+SESSION_COLUMNS = {"rank": "Rank", "session_id": "Session", "run_type": "Type", "name": "Name",
+                   "Value #A": "Tokens", "Value #B": "Cost", "Value #C": "of which estimated"}
+SESSION_UNITS = {"Tokens": "short", "Cost": "currencyUSD", "of which estimated": "currencyUSD"}
+
 UP_MAPPINGS = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
                                              "1": {"text": "UP", "color": "green", "index": 1}}}]
 RED_ABOVE_ZERO = _thresholds((None, "green"), (1e-9, "red"))
+ORANGE_ABOVE_ZERO = _thresholds((None, "green"), (1e-9, "orange"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,24 +235,38 @@ def overview() -> Json:
     L = Layout()
     rate = "$__rate_interval"
     L.section("Fleet (selected time range)")
-    L.add(stat("Runs", "Finished runs (agno_runs_total) in the time range, all agents, teams and workflows.",
-               "sum(increase(agno_runs_total[$__range]))", "short", decimals=0), 4, 4)
+    L.add(count("Runs", "Finished runs (agno_runs_total) in the time range, all agents, teams and workflows.",
+                "sum(increase(agno_runs_total[$__range]))"), 4, 4)
     L.add(stat("Error ratio", "Share of finished runs that ended in status ERROR in the time range.",
                '(sum(increase(agno_runs_total{status="ERROR"}[$__range])) or vector(0))'
                " / sum(increase(agno_runs_total[$__range]))", "percentunit",
-               thresholds=_thresholds((None, "green"), (0.01, "orange"), (0.1, "red"))), 4, 4)
-    L.add(stat("Tokens", "Tokens of all types (input, output, cache, reasoning, audio) in the time range.",
-               "sum(increase(agno_tokens_total[$__range]))", "short", decimals=0), 4, 4)
+               thresholds=_thresholds((None, "green"), (0.01, "orange"), (0.1, "red")), no_value="no runs"), 4, 4)
+    L.add(count("Tokens", "Tokens of all types (input, output, cache, reasoning, audio) in the time range.",
+                "sum(increase(agno_tokens_total[$__range]))"), 4, 4)
     L.add(stat("Cost", "US dollars in the time range: reported by the provider, or estimated from the price "
-               "table. No data: no provider reported cost and no model has a price.",
-               "sum(increase(agno_cost_usd_total[$__range]))", "currencyUSD"), 4, 4)
+               "table. \"none priced\": no provider reported cost and no model has a price (see Unpriced runs).",
+               "sum(increase(agno_cost_usd_total[$__range]))", "currencyUSD", no_value="none priced"), 4, 4)
     L.add(stat("TTFT p95", "95th percentile of the runs' time to first token over the time range "
                "(streamed runs).",
                "histogram_quantile(0.95, sum by (le) (rate(agno_run_time_to_first_token_seconds_bucket"
-               "[$__range])))", "s"), 4, 4)
+               "[$__range])))", "s", no_value="no streamed runs"), 4, 4)
     L.add(stat("Run duration p95", "95th percentile of run duration over the time range.",
                "histogram_quantile(0.95, sum by (le) (rate(agno_run_duration_seconds_bucket[$__range])))",
-               "s"), 4, 4)
+               "s", no_value="no runs"), 4, 4)
+    L.add(count("Errored runs", "Runs that ended in status ERROR in the time range.",
+                'sum(increase(agno_runs_total{status="ERROR"}[$__range]))', thresholds=RED_ABOVE_ZERO), 4, 4)
+    L.add(count("Tool calls", "Tool executions in the time range.",
+                "sum(increase(agno_tool_calls_total[$__range]))"), 4, 4)
+    L.add(count("Tool errors", "Tool executions agno marked as failed in the time range.",
+                "sum(increase(agno_tool_call_errors_total[$__range]))", thresholds=RED_ABOVE_ZERO), 4, 4)
+    L.add(count("Token anomalies", "Runs whose stored token numbers are inconsistent (e.g. total != input + "
+                "output) in the time range; see the table below.",
+                "sum(increase(agno_token_anomalies_total[$__range]))", thresholds=ORANGE_ABOVE_ZERO), 4, 4)
+    L.add(count("Unpriced runs", "Runs with tokens of a model that has neither a reported cost nor a price in "
+                "the price table (their cost is not in Cost; add the model under metrics.prices).",
+                "sum(increase(agno_cost_unpriced_runs_total[$__range]))", thresholds=ORANGE_ABOVE_ZERO), 4, 4)
+    L.add(count("New sessions", "Sessions seen for the first time in the time range.",
+                "sum(increase(agno_sessions_total[$__range]))"), 4, 4)
 
     L.section("Runs")
     L.add(timeseries("Runs/s by status", "Finished runs per second, by agno's final status.",
@@ -289,11 +328,11 @@ def overview() -> Json:
 
     L.section("Sessions")
     L.add(table("Top sessions by tokens", "The sessions with the most tokens (input + output, member runs "
-                "included) active in the exporter's window (metrics.top_sessions_window), with their cost.",
-                [target("agno_session_top_tokens"), target("agno_session_top_cost_usd")],
-                rename={"rank": "Rank", "session_id": "Session", "run_type": "Type", "name": "Name",
-                        "Value #A": "Tokens", "Value #B": "Cost"},
-                units={"Tokens": "short", "Cost": "currencyUSD"}, sort_by="Tokens",
+                "included) active in the exporter's window (metrics.top_sessions_window), with their cost: the "
+                "sum of their runs' cost as in Cost (reported, or estimated from the price table), and the "
+                "estimated part.",
+                session_targets(""),
+                rename=SESSION_COLUMNS, units=SESSION_UNITS, sort_by="Tokens",
                 links={"Name": [{"title": "Drill down", "url": DRILLDOWN_LINK.replace(
                     "${__field.labels.run_type}", "${__data.fields.Type}").replace(
                     "${__field.labels.name}", "${__data.fields.Name}")}]}), 16, 8)
@@ -307,18 +346,30 @@ def overview() -> Json:
                "min(agno_exporter_up)", "none", mappings=UP_MAPPINGS,
                thresholds=_thresholds((None, "red"), (1, "green"))), 4, 4)
     L.add(stat("Since last successful poll", "Seconds since the last successful poll (should stay below a "
-               "few poll intervals).", "time() - max(agno_exporter_last_success_timestamp_seconds)", "s",
-               thresholds=_thresholds((None, "green"), (60, "orange"), (300, "red"))), 4, 4)
-    L.add(stat("Runs collected", "Runs counted by the running exporter process(es) in the time range.",
-               "sum(increase(agno_exporter_runs_collected_total[$__range]))", "short", decimals=0), 4, 4)
+               "few poll intervals); \"never\" until the first one.",
+               "time() - max(agno_exporter_last_success_timestamp_seconds > 0)", "s",
+               thresholds=_thresholds((None, "green"), (60, "orange"), (300, "red")), no_value="never"), 4, 4)
+    L.add(count("Runs collected", "Runs counted by the running exporter process(es) in the time range.",
+                "sum(increase(agno_exporter_runs_collected_total[$__range]))"), 4, 4)
+    L.add(count("Poll errors", "Failed polls of agno's database in the time range (any reason; see Poll "
+                "errors and skipped rows).", "sum(increase(agno_exporter_poll_errors_total[$__range]))",
+                thresholds=RED_ABOVE_ZERO), 4, 4)
+    L.add(count("Rows skipped", "Malformed rows skipped in the time range (each logged with its run id, never "
+                "retried).", "sum(increase(agno_exporter_rows_skipped_total[$__range]))",
+                thresholds=ORANGE_ABOVE_ZERO), 4, 4)
     L.add(stat("Series held", "Series held in the exporter's metric families (bounded by the label caps).",
                "sum(agno_exporter_series)", "short", decimals=0), 4, 4)
-    L.add(stat("Trace backlog", "Runs waiting for span delivery (last pass, capped at the batch size).",
-               "sum(agno_exporter_trace_backlog_runs)", "short", decimals=0,
-               thresholds=_thresholds((None, "green"), (100, "orange"))), 4, 4)
-    L.add(stat("Spans dropped", "Spans given up on in the time range (cannot be built, or rejected by the "
-               "backend again and again).", "sum(increase(agno_exporter_spans_dropped_total[$__range]))",
-               "short", decimals=0, thresholds=RED_ABOVE_ZERO), 4, 4)
+    L.add(count("Trace backlog", "Runs waiting for span delivery (last pass, capped at the batch size); 0 "
+                "with traces off.", "sum(agno_exporter_trace_backlog_runs)",
+                thresholds=_thresholds((None, "green"), (100, "orange"))), 6, 4)
+    L.add(count("Spans failed", "Spans in export attempts that failed in the time range (retried later).",
+                "sum(increase(agno_exporter_spans_failed_total[$__range]))", thresholds=ORANGE_ABOVE_ZERO), 6, 4)
+    L.add(count("Spans dropped", "Spans given up on in the time range (cannot be built, or rejected by the "
+                "backend again and again).", "sum(increase(agno_exporter_spans_dropped_total[$__range]))",
+                thresholds=RED_ABOVE_ZERO), 6, 4)
+    L.add(count("Re-read window clamped", "Polls in the time range where an open transaction was older than "
+                "collector.max_lookback, so runs it commits later may be missed.",
+                "sum(increase(agno_exporter_lookback_clamped_total[$__range]))", thresholds=RED_ABOVE_ZERO), 6, 4)
     L.add(timeseries("Export lag", "Seconds from a run's last update in agno to its export (p50/p95).",
                      quantiles("agno_exporter_lag_seconds_bucket", qs=(0.5, 0.95), exemplar=False), "s"), 6, 8)
     L.add(timeseries("Poll duration", "Duration of one poll of agno's database (p50/p95).",
@@ -355,22 +406,32 @@ def drilldown() -> Json:
     tool = '{name=~"$name"}'
 
     L.section("$run_type $name (selected time range)")
-    L.add(stat("Runs", "Finished runs in the time range.", f"sum(increase(agno_runs_total{{{run}}}[$__range]))",
-               "short", decimals=0), 4, 4)
+    L.add(count("Runs", "Finished runs in the time range.", f"sum(increase(agno_runs_total{{{run}}}[$__range]))"),
+          4, 4)
     L.add(stat("Error ratio", "Share of finished runs that ended in status ERROR.",
                f'(sum(increase(agno_runs_total{{{run}, status="ERROR"}}[$__range])) or vector(0))'
                f" / sum(increase(agno_runs_total{{{run}}}[$__range]))", "percentunit",
-               thresholds=_thresholds((None, "green"), (0.01, "orange"), (0.1, "red"))), 4, 4)
-    L.add(stat("Tokens", "Tokens of all types for the selected model(s) in the time range.",
-               f"sum(increase(agno_tokens_total{{{runm}}}[$__range]))", "short", decimals=0), 4, 4)
+               thresholds=_thresholds((None, "green"), (0.01, "orange"), (0.1, "red")), no_value="no runs"), 4, 4)
+    L.add(count("Tokens", "Tokens of all types for the selected model(s) in the time range.",
+                f"sum(increase(agno_tokens_total{{{runm}}}[$__range]))"), 4, 4)
     L.add(stat("Cost", "US dollars for the selected model(s) in the time range (reported or estimated).",
-               f"sum(increase(agno_cost_usd_total{{{runm}}}[$__range]))", "currencyUSD"), 4, 4)
+               f"sum(increase(agno_cost_usd_total{{{runm}}}[$__range]))", "currencyUSD", no_value="none priced"),
+          4, 4)
     L.add(stat("TTFT p95", "95th percentile of time to first token over the time range.",
                f"histogram_quantile(0.95, sum by (le) (rate(agno_run_time_to_first_token_seconds_bucket{{{run}}}"
-               "[$__range])))", "s"), 4, 4)
+               "[$__range])))", "s", no_value="no streamed runs"), 4, 4)
     L.add(stat("Run duration p95", "95th percentile of run duration over the time range.",
                f"histogram_quantile(0.95, sum by (le) (rate(agno_run_duration_seconds_bucket{{{run}}}[$__range])))",
-               "s"), 4, 4)
+               "s", no_value="no runs"), 4, 4)
+    L.add(count("Errored runs", "Runs that ended in status ERROR in the time range.",
+                f'sum(increase(agno_runs_total{{{run}, status="ERROR"}}[$__range]))', thresholds=RED_ABOVE_ZERO),
+          6, 4)
+    L.add(count("Tool calls", "Tool executions in the time range.",
+                f"sum(increase(agno_tool_calls_total{tool}[$__range]))"), 6, 4)
+    L.add(count("Tool errors", "Tool executions agno marked as failed in the time range.",
+                f"sum(increase(agno_tool_call_errors_total{tool}[$__range]))", thresholds=RED_ABOVE_ZERO), 6, 4)
+    L.add(count("New sessions", "Sessions this agent or team opened in the time range.",
+                f"sum(increase(agno_sessions_total{{{run}}}[$__range]))"), 6, 4)
 
     L.section("Latency (exemplars link to the traces)")
     L.add(timeseries("Time to first token", "p50/p95/p99 of the runs' time to first token. Exemplars (dots) "
@@ -421,11 +482,9 @@ def drilldown() -> Json:
 
     L.section("Sessions")
     L.add(table("Top sessions", "This agent's or team's sessions among the top sessions by tokens "
-                "(member runs included), with their cost.",
-                [target(f"agno_session_top_tokens{{{run}}}"), target(f"agno_session_top_cost_usd{{{run}}}")],
-                rename={"rank": "Rank", "session_id": "Session", "run_type": "Type", "name": "Name",
-                        "Value #A": "Tokens", "Value #B": "Cost"},
-                units={"Tokens": "short", "Cost": "currencyUSD"}, sort_by="Tokens"), 24, 8)
+                "(member runs included), with their cost (reported or estimated, as in Cost) and its estimated "
+                "part.", session_targets(run), rename=SESSION_COLUMNS, units=SESSION_UNITS, sort_by="Tokens"),
+          24, 8)
 
     variables = [
         datasource_variable(),

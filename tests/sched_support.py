@@ -17,7 +17,7 @@ from exporter.scheduler import ProbeScheduler
 from exporter.service import Service
 
 
-def job(name: str, prompt: str = "Say hello.", interval: float = 0.2, agent: dict[str, Any] | None = None,
+def job(name: str, prompt: str = "Say hello.", interval: float | None = 0.2, agent: dict[str, Any] | None = None,
         **kw: Any) -> JobSpec:
     spec: dict[str, Any] = {"name": name, "prompt": prompt, "interval": interval, **kw}
     if "team" not in kw:

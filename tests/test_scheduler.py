@@ -7,11 +7,20 @@ collector; only the pure scheduling tests use a fake runner. Intervals are fract
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
@@ -26,6 +35,7 @@ from sched_support import (
     until,
 )
 from scrape import Samples, scrape_text
+from support import exporter_cmd, free_port
 
 from exporter.agents import (
     LlmTarget,
@@ -36,7 +46,7 @@ from exporter.agents import (
     choose_llm,
 )
 from exporter.config import ConfigError, JobSpec, load_settings
-from exporter.scheduler import _crontab_dow, cron_trigger
+from exporter.scheduler import _crontab_dow, cron_trigger, make_trigger, planned_firings
 
 FAST = "Say hello."
 SLOW = "Say hello slowly. [sim:ttft=1.0]"
@@ -206,6 +216,48 @@ def test_run_all_serves_metrics_of_scheduled_runs(db_url: str) -> None:
     assert len(rows) >= 2 and {r["status"] for r in rows} == {"COMPLETED"}
 
 
+@pytest.mark.slow
+def test_run_command_fires_an_hourly_probe_at_start(db_url: str, tmp_path: Path) -> None:
+    """`agno-exporter run` as a user types it, with an `interval: 1h` job: the probe fires at start
+    (not an hour later), its run is counted, and the log says when the job fires next."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "database": {"url": db_url}, "collector": {"poll_interval": "200ms"},
+        "scheduler": {"llm": "simulated", "shutdown_timeout": "10s", "jobs": [
+            {"name": "hourly", "prompt": "Say hello.", "interval": "1h", "agent": {"name": "HourlyProbe"}}]},
+    }))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENAI_API_KEY", "DATABASE_URL") and not k.startswith("AGNO_EXPORTER_")}
+    proc = subprocess.Popen([*exporter_cmd(), "run", "-c", str(config), "--listen", f"127.0.0.1:{port}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        s = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    s = Samples(r.read().decode())
+                if s.sum("agno_runs_total", name="HourlyProbe", status="COMPLETED") == 1:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the hourly probe's run was not counted (exit {proc.poll()})")
+        assert s is not None and s.sum("agno_exporter_scheduled_runs_fired_total", job="hourly") == 1
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err[-3000:]
+    line = next((ln for ln in err.splitlines() if "job hourly:" in ln), "")
+    assert re.search(r"job hourly: agent HourlyProbe every 3600s, max 1 in flight; fires now \(fire_at_start\), "
+                     r"next at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(in (59m \d+s|1h 0m)\)$", line), err[-3000:]
+
+
 # ---------------------------------------------------------------------------- scheduling only
 
 
@@ -222,7 +274,8 @@ def test_misfire_is_skipped_and_a_stalled_loop_fires_once() -> None:
     async def main() -> None:
         runners = FakeRunners()
         registry = CollectorRegistry()
-        sched = scheduler([job("late", misfire_grace_time=1), job("steady", interval=0.1, misfire_grace_time=30)],
+        sched = scheduler([job("late", misfire_grace_time=1, fire_at_start=False),
+                           job("steady", interval=0.1, misfire_grace_time=30)],
                           runners, registry, trigger_factory=trigger)
         sched.start()
         try:
@@ -246,17 +299,79 @@ def test_misfire_is_skipped_and_a_stalled_loop_fires_once() -> None:
     asyncio.run(main())
 
 
-def test_fire_immediately_and_a_stopped_scheduler_does_not_fire() -> None:
+def test_a_stopped_scheduler_does_not_fire() -> None:
     async def main() -> None:
         runners = FakeRunners()
-        sched = scheduler([job("hourly", interval=3600)], runners, fire_immediately=True)
+        sched = scheduler([job("hourly", interval=3600)], runners)
         sched.start()
-        await until(lambda: sched.stats("hourly").fired == 1, timeout=5)
+        await until(lambda: sched.stats("hourly").fired == 1, timeout=15)  # fire_at_start
         await sched.stop()
         await sched.fire("hourly")  # a late call after stop is ignored
         assert sched.stats("hourly").fired == 1
+        assert sched.next_fire_time("hourly") is None
 
     asyncio.run(main())
+
+
+T0 = datetime(2025, 3, 4, 12, 1, 30, tzinfo=UTC)
+
+
+def test_first_firings_are_planned_from_the_injected_clock() -> None:
+    hourly = job("hourly", interval=3600)
+    assert hourly.fire_at_start  # the default: an hourly probe measures at once, not an hour later
+    assert planned_firings(make_trigger(hourly, T0), True, T0) == (T0, T0 + timedelta(hours=1))
+    assert planned_firings(make_trigger(hourly, T0), False, T0) == (T0 + timedelta(hours=1), T0 + timedelta(hours=2))
+    five = job("five", interval=None, cron="*/5 * * * *")
+    at_05 = datetime(2025, 3, 4, 12, 5, tzinfo=UTC)
+    assert planned_firings(make_trigger(five, T0), True, T0) == (T0, at_05)
+    assert planned_firings(make_trigger(five, T0), False, T0) == (at_05, at_05 + timedelta(minutes=5))
+    spent = DateTrigger(run_date=T0 - timedelta(days=1), timezone=UTC)
+    assert planned_firings(spent, True, T0) == (T0, None)
+
+
+def test_jobs_fire_at_start_and_the_log_says_when_each_fires_next(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="agno_exporter.scheduler")
+    now = datetime.now(UTC).replace(microsecond=0)
+    hour = timedelta(hours=1)
+
+    async def main() -> None:
+        runners = FakeRunners()
+        jobs = [job("hourly", interval=3600), job("quiet", interval=3600, fire_at_start=False),
+                job("yearly", interval=None, cron="0 0 1 1 *")]
+        sched = scheduler(jobs, runners, wall_clock=lambda: now)
+        sched.start()
+        try:
+            await until(lambda: sched.stats("hourly").fired == 1 and sched.stats("yearly").fired == 1, timeout=15)
+            # The plan: each job's next firing, an hour (a year) from the start; "quiet" has not fired.
+            assert sched.next_fire_time("hourly") == now + hour
+            assert sched.next_fire_time("quiet") == now + hour
+            assert sched.next_fire_time("yearly") == datetime(now.year + 1, 1, 1, tzinfo=UTC)
+            assert sched.stats("quiet").fired == 0
+        finally:
+            await sched.stop()
+
+    asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if r.name == "agno_exporter.scheduler"]
+    next_hour = f"{now + timedelta(hours=1):%Y-%m-%d %H:%M:%S} UTC (in 1h 0m)"
+    assert (f"job hourly: agent HourlyAgent every 3600s, max 1 in flight; fires now (fire_at_start), "
+            f"next at {next_hour}") in said, said
+    assert f"job quiet: agent QuietAgent every 3600s, max 1 in flight; first firing at {next_hour}" in said, said
+    assert any(m.startswith("job yearly: agent YearlyAgent cron '0 0 1 1 *' (UTC), max 1 in flight; fires now "
+                            f"(fire_at_start), next at {now.year + 1}-01-01 00:00:00 UTC") for m in said), said
+    assert f"job hourly: fired; next firing at {now + hour:%Y-%m-%d %H:%M:%S} UTC" in " ".join(said), said
+
+
+def test_fire_at_start_is_configured_per_job_and_globally() -> None:
+    jobs = [{"name": "a", "prompt": "p", "interval": "1h", "agent": {"name": "A"}},
+            {"name": "b", "prompt": "p", "cron": "0 * * * *", "agent": {"name": "B"}, "fire_at_start": True}]
+    default = load_settings(None, environ={}, overrides={"scheduler": {"jobs": jobs}}).scheduler
+    assert default.fire_at_start and [j.fire_at_start for j in default.jobs] == [True, True]
+    off = load_settings(None, environ={}, overrides={"scheduler": {"fire_at_start": False, "jobs": jobs}}).scheduler
+    assert [j.fire_at_start for j in off.jobs] == [False, True]  # the job's own setting wins
+    env = load_settings(None, environ={"AGNO_EXPORTER_SCHEDULER__FIRE_AT_START": "false"}).scheduler
+    assert [j.fire_at_start for j in env.jobs] == [False]  # the default seed job follows the scheduler
+    with pytest.raises(ConfigError, match=r"scheduler\.jobs\.0\.fire_at_start: Input should be a valid boolean"):
+        load_settings(None, environ={}, overrides={"scheduler": {"jobs": [{**jobs[0], "fire_at_start": "soon"}]}})
 
 
 def test_cron_uses_crontab_weekdays() -> None:

@@ -40,6 +40,7 @@ import psycopg
 import pytest
 import yaml
 from agno.agent import Agent
+from agno.models.openai import OpenAIChat
 from agno_app import AgnoApp
 from aiohttp import web
 from otlp_receiver import OtlpReceiver
@@ -59,6 +60,7 @@ DATASOURCES = ROOT / "grafana/provisioning/datasources/datasources.yaml"
 DASHBOARD_PROVIDER = ROOT / "grafana/provisioning/dashboards/agno.yaml"
 DASHBOARD_DIR = ROOT / "grafana/dashboards"
 SERVICES = {"postgres", "agno-exporter", "prometheus", "tempo", "grafana"}
+ZERO = " or vector(0)"  # what grafana/generate.py appends to a stat of something that may not have happened
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,6 +667,53 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus(db_url: str, 
     assert time.monotonic() - t0 < 90
 
 
+@pytest.mark.slow
+def test_stat_panels_show_zero_not_no_data_on_a_fresh_exporter(db_url: str) -> None:
+    """A fresh exporter where nothing happened (no agno tables yet, traces off), scraped by a real
+    Prometheus: every stat panel of a count (spans dropped, trace backlog, token anomalies, tool
+    errors, ...) returns 0; every other stat either returns a value or says what no data means."""
+    assert generator().ZERO == ZERO
+    zero_titles: set[str] = set()
+
+    async def main() -> list[str]:
+        service = make_service(db_url)
+        await service.start()
+        prom: StackPrometheus | None = None
+        try:
+            prom = StackPrometheus([f"127.0.0.1:{service.port}"], scrape_interval="1s")
+            await asyncio.to_thread(prom.start)
+            await until(lambda: prom.query('up{job="agno-exporter"} == 1 and on() agno_exporter_up == 1'),
+                        "a scrape of a successful poll", prom, 30)
+            return await asyncio.to_thread(check_stats, prom)
+        finally:
+            if prom is not None:
+                await asyncio.to_thread(prom.stop)
+            await service.stop()
+
+    def check_stats(prom: PromServer) -> list[str]:
+        problems = []
+        for file, dash in dashboards().items():
+            for p in panels(dash):
+                if p["type"] != "stat":
+                    continue
+                (t,) = p["targets"]
+                expr = substitute(t["expr"])
+                result = prom.query(expr)
+                where = f"{file} / {p['title']}: {expr}"
+                if expr.endswith(ZERO):
+                    zero_titles.add(p["title"])
+                    if [float(r["value"][1]) for r in result] != [0.0]:
+                        problems.append(f"{where}: {result or 'No data'} instead of 0")
+                elif not (result and finite(result)) and not p["fieldConfig"]["defaults"].get("noValue"):
+                    problems.append(f"{where}: No data, and no text saying what that means")
+        return problems
+
+    problems = asyncio.run(main())
+    assert not problems, "\n".join(problems)
+    assert {"Spans dropped", "Trace backlog", "Token anomalies", "Tool errors", "Errored runs", "Poll errors",
+            "Rows skipped", "Unpriced runs", "Runs", "Tokens"} <= zero_titles, zero_titles
+
+
 async def write_runs(app: AgnoApp, provider_url: str, db_url: str, round_: int) -> None:
     """Real agno runs of every kind the dashboards show, through agno's API into Postgres."""
     agent = app.agent("BackgroundMetricsAgent")
@@ -676,6 +725,10 @@ async def write_runs(app: AgnoApp, provider_url: str, db_url: str, round_: int) 
     await app.run(app.agent("OvercountedAgent", tools=False, base_url=provider_url))  # a token anomaly
     await app.run(app.team())  # team leader + member run
     await app.run(app.agent("BrokenAgent", base_url="http://127.0.0.1:9/v1"))  # an ERROR run
+    await app.run(app.agent("BackgroundMetricsAgent", base_url="http://127.0.0.1:9/v1"))  # the drill-down's, too
+    unpriced = OpenAIChat(id="sim-unpriced", base_url=app.llm_url, api_key="sim", max_retries=0)
+    app._models.append(unpriced)  # closed with the app's own
+    await app.run(Agent(name="UnpricedAgent", model=unpriced, db=app.db, telemetry=False))  # no price: counted
     insert_malformed_run(db_url, f"malformed-{round_}")  # a skipped row
 
 
@@ -720,6 +773,10 @@ def check_every_query(prom: PromServer, started: float, trace_ids: set[str]) -> 
                 problems.append(f"{file}: ${variable['name']}: {values}")
         for p, t in queries(dash):
             expr = substitute(t["expr"])
+            # A stat that shows 0 when nothing happened always returns data: here, where everything
+            # happened, its own query must return data without the fallback (or a misspelt metric would
+            # pass as 0).
+            expr = expr.removesuffix(ZERO)
             where = f"{file} / {p['title']}: {expr}"
             result = prom.query(expr)
             checked += 1

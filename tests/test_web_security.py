@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import ssl
 import subprocess
 from pathlib import Path
@@ -259,6 +260,7 @@ def test_database_password_never_shown(url: str, caplog: pytest.LogCaptureFixtur
         assert pages["/readyz"][0] == 503
         assert Samples(pages["/metrics"][2]).sum("agno_exporter_up") == 0
         assert "127.0.0.1" in pages["/"][2]  # the database is shown, redacted
+        assert re.search(r"<tr class=bad><th>last error</th><td>[^<]*, database: ", pages["/"][2])  # and why
         for endpoint, (_, headers, body) in pages.items():
             assert SECRET not in headers + body, endpoint
         assert any("poll failed" in r.getMessage() for r in caplog.records)
