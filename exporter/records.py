@@ -320,7 +320,7 @@ def provider_name(raw: str | None) -> str:
 # ModelProviderError's message, which each agno model class fills differently:
 # * Anthropic (agno/models/anthropic/claude.py): the SDK's message, "Error code: 429 - {body}";
 # * Gemini (agno/models/google/gemini.py): the response body, {"error": {"code", "status", ...}},
-#   or google-genai's own "429 RESOURCE_EXHAUSTED. {...}";
+#   google-genai's own "429 RESOURCE_EXHAUSTED. {...}", or (async, aiohttp) a response's repr;
 # * OpenAI and compatible (agno/models/openai/chat.py): only the body's message, no status code,
 #   so the provider's own wording is recognised ("Rate limit reached for ...").
 # A status code is read only where the format puts one, never found inside other numbers ("150012
@@ -341,6 +341,10 @@ _GOOGLE_STATUS = {
 }
 _STAINLESS_STATUS = re.compile(r"^Error code: (\d{3})\b")  # anthropic/openai SDKs' APIStatusError message
 _GOOGLE_PREFIX = re.compile(r"^(\d{3}) ([A-Z_]+)\. ")  # google-genai APIError.__str__
+# agno's Gemini on google-genai's aiohttp transport stores the repr of the response's ``text``
+# method instead of the body (gemini.py takes ``e.response.text`` for an attribute): its status is
+# in the repr, "<bound method ClientResponse.text of <ClientResponse(url) [429 Too Many Requests]>".
+_AIOHTTP_RESPONSE = re.compile(r"^<bound method ClientResponse\.text of <ClientResponse\([^)]*\) \[(\d{3})\b")
 _GOOGLE_BODY_CODE = re.compile(r'^\s*[\[{].*?"code":\s*(\d{3})\b', re.DOTALL)
 _GOOGLE_BODY_STATUS = re.compile(r'"status":\s*"([A-Z_]+)"')
 _CONTEXT = re.compile(
@@ -381,6 +385,8 @@ def _status_of(text: str) -> int | None:
     if m := _STAINLESS_STATUS.match(text):
         return int(m.group(1))
     if m := _GOOGLE_PREFIX.match(text):
+        return int(m.group(1))
+    if m := _AIOHTTP_RESPONSE.match(text):
         return int(m.group(1))
     if m := _GOOGLE_BODY_CODE.match(text):
         return int(m.group(1))
