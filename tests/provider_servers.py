@@ -114,6 +114,13 @@ class GeminiServer(ScriptedServer):
         return [b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks]
 
 
+def gemini_model(server: GeminiServer, model_id: str = GeminiServer.model) -> Any:
+    """agno's own Gemini class, pointed at ``server``."""
+    from agno.models.google import Gemini
+
+    return Gemini(id=model_id, api_key="k", client_params={"http_options": {"base_url": server.url}})
+
+
 def gemini_error(code: int, status: str, message: str) -> Reply:
     return Reply(status=code, error={"error": {"code": code, "message": message, "status": status}})
 
@@ -152,6 +159,13 @@ class AnthropicServer(ScriptedServer):
             ("message_stop", {"type": "message_stop"}),
         ]
         return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+
+
+def claude_model(server: AnthropicServer, model_id: str = AnthropicServer.model) -> Any:
+    """agno's own Claude class, pointed at ``server`` (no client retries: a test decides every answer)."""
+    from agno.models.anthropic import Claude
+
+    return Claude(id=model_id, api_key="k", client_params={"base_url": server.url, "max_retries": 0})
 
 
 def anthropic_error(code: int, kind: str, message: str) -> Reply:

@@ -118,3 +118,15 @@ async def close_clients(model: Any) -> None:
                 if asyncio.iscoroutine(result):
                     await result
                 break
+
+
+async def close_all_model_clients() -> None:
+    """Close the clients of every agno model alive, copies included: agno's memory, session-summary
+    and reasoning managers call deep copies of the model they were given, whose clients nobody holds."""
+    import gc
+
+    from agno.models.base import Model
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Model):
+            await close_clients(obj)

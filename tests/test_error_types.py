@@ -16,10 +16,16 @@ import psycopg
 import pytest
 from agno.agent import Agent
 from agno.db.postgres import PostgresDb
-from agno.models.anthropic import Claude
-from agno.models.google import Gemini
 from agno.models.openai import OpenAIChat
-from provider_servers import AnthropicServer, GeminiServer, ScriptedServer, anthropic_error, gemini_error
+from provider_servers import (
+    AnthropicServer,
+    GeminiServer,
+    ScriptedServer,
+    anthropic_error,
+    claude_model,
+    gemini_error,
+    gemini_model,
+)
 from support import ThreadLoop, close_clients, sqlalchemy_url
 
 from exporter.records import RunRecord, build_run_record
@@ -107,8 +113,7 @@ def test_anthropic_errors(db_url: str, loop: ThreadLoop) -> None:
     for reply, expected in ANTHROPIC_CASES:
         server = with_server(loop, AnthropicServer([reply]))
         try:
-            model = Claude(id="claude-sonnet-4-6", api_key="k", client_params={"base_url": server.url, "max_retries": 0})
-            record, out = run_and_read(db_url, model)
+            record, out = run_and_read(db_url, claude_model(server))
         finally:
             loop.run(server.close())
         assert record.status == "ERROR" and record.error_message == out.content
@@ -136,10 +141,9 @@ def test_gemini_errors(db_url: str, loop: ThreadLoop) -> None:
     where only the status survives, so a context overflow reads as the 400 it was)."""
     for reply, when_sync, when_async in GEMINI_CASES:
         for sync, expected in ((True, when_sync), (False, when_async)):
-            server = with_server(loop, GeminiServer([reply]))
+            server: Any = with_server(loop, GeminiServer([reply]))
             try:
-                model = Gemini(id="gemini-2.5-flash", api_key="k", client_params={"http_options": {"base_url": server.url}})
-                record, out = run_and_read(db_url, model, sync=sync)
+                record, out = run_and_read(db_url, gemini_model(server), sync=sync)
             finally:
                 loop.run(server.close())
             assert record.status == "ERROR" and record.error_message == (out.content or "")[:512]
