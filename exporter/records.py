@@ -129,7 +129,7 @@ class ModelCall:
     model_role: str = "model"
     streamed: bool = False
     source: str = "message"
-    usage: Mapping[str, int] = field(default_factory=dict)  # token_type -> count, all types, non-zero only
+    usage: Mapping[str, int] = field(default_factory=dict)  # token_type -> count
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +443,7 @@ def _details(
             entry = _obj(entry, "metrics.details.", role, "[", i, "]")
             m_id = clean_label(_str(entry.get("id")), model, sanitized)
             m_provider = provider_name(_str(entry.get("provider"))) if entry.get("provider") else provider
-            counts = {t: _tokens(entry.get(f), "metrics.details.", role, "[", i, "].", f) for f, t in TOKEN_FIELDS}
+            counts = _counts(entry, "metrics.details.", role, "[", i, "].")
             total = entry.get("total_tokens")
             entries.append(_Entry(role, m_id, m_provider, counts, total if type(total) is int else None))
             cost = _num(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
@@ -526,8 +526,14 @@ def _token_anomalies(
 _TAIL_ROLES = ("parser_model", "output_model")
 
 
-def _msg_counts(metrics: Mapping[str, Any], i: int) -> dict[str, int]:
-    return {t: _tokens(metrics.get(f), "messages[", i, "].metrics.", f) for f, t in TOKEN_FIELDS}
+def _counts(metrics: Mapping[str, Any], *where: Any) -> dict[str, int]:
+    """token_type -> count of one metrics object (agno stores only non-zero fields)."""
+    counts = {}
+    for f, t in TOKEN_FIELDS:
+        v = metrics.get(f)
+        # the common cases inline: a run has a dozen of these objects
+        counts[t] = v if type(v) is int and v >= 0 else 0 if v is None else _tokens(v, *where, f)
+    return counts
 
 
 def _fits(counts: Mapping[str, int], budget: Mapping[str, int]) -> bool:
@@ -548,45 +554,53 @@ def _model_calls(
     """
     found: list[tuple[int, Mapping[str, Any], Mapping[str, Any], dict[str, int]]] = []
     for i, msg in enumerate(messages):
-        msg = _obj(msg, "messages[", i, "]")
+        if type(msg) is not dict:
+            msg = _obj(msg, "messages[", i, "]")
         if msg.get("role") != "assistant" or msg.get("from_history") is True:
             continue
-        metrics = _obj(msg.get("metrics"), "messages[", i, "].metrics")
-        if not metrics:
-            continue
-        found.append((i, msg, metrics, _msg_counts(metrics, i)))
+        metrics = msg.get("metrics")
+        if type(metrics) is not dict:
+            metrics = _obj(metrics, "messages[", i, "].metrics")
+        if metrics:
+            found.append((i, msg, metrics, _counts(metrics, "messages[", i, "].metrics.")))
 
-    owner: list[int | None] = [None] * len(found)
     budget = [dict(e.counts) for e in entries]
-    end = len(found)
-    for role in _TAIL_ROLES:
-        for ei, e in enumerate(entries):
-            if e.role == role and end and found[end - 1][3] == budget[ei]:
-                end -= 1
-                owner[end] = ei
-                budget[ei] = dict.fromkeys(budget[ei], 0)
-    primary = [ei for ei, e in enumerate(entries) if e.role == "model" and any(e.counts.values())]
-    k = 0
-    for j in range(end):
-        if not primary:
-            break
-        # each model takes the messages that fit what it used, then the next one (its fallback) does
-        while k < len(primary) - 1 and not _fits(found[j][3], budget[primary[k]]):
-            k += 1
-        ei = primary[k]
-        owner[j] = ei
-        b = budget[ei]
-        for t, n in found[j][3].items():
-            b[t] = max(0, b[t] - n)
+    if len(entries) == 1 and entries[0].role == "model":  # one model, no other role: the common run
+        owner: list[int | None] = [0] * len(found)
+        b = budget[0]
+        for *_, counts in found:
+            for t, n in counts.items():
+                if n:
+                    b[t] = max(0, b[t] - n)
+    else:
+        owner = [None] * len(found)
+        end = len(found)
+        for role in _TAIL_ROLES:
+            for ei, e in enumerate(entries):
+                if e.role == role and end and found[end - 1][3] == budget[ei]:
+                    end -= 1
+                    owner[end] = ei
+                    budget[ei] = dict.fromkeys(budget[ei], 0)
+        primary = [ei for ei, e in enumerate(entries) if e.role == "model" and any(e.counts.values())]
+        k = 0
+        for j in range(end if primary else 0):
+            # each model takes the messages that fit what it used, then the next one (its fallback) does
+            while k < len(primary) - 1 and not _fits(found[j][3], budget[primary[k]]):
+                k += 1
+            owner[j] = primary[k]
+            b = budget[primary[k]]
+            for t, n in found[j][3].items():
+                b[t] = max(0, b[t] - n)
 
     calls: list[ModelCall] = []
     for j, (i, msg, metrics, counts) in enumerate(found):
         who = owner[j]
         ent = entries[who] if who is not None else None
+        requested = msg.get("tool_calls")
         tool_ids = tuple(
             _str(_obj(tc, "messages[", i, "].tool_calls[]").get("id")) or ""
-            for tc in _list(msg.get("tool_calls"), "messages[", i, "].tool_calls")
-        )
+            for tc in _list(requested, "messages[", i, "].tool_calls")
+        ) if requested is not None else ()
         content = msg.get("content") if with_content else None
         duration = _num(metrics.get("duration"), "messages[", i, "].metrics.duration")
         calls.append(
@@ -605,7 +619,7 @@ def _model_calls(
                 content=content if isinstance(content, str) else None,
                 model_role=ent.role if ent else "model",
                 streamed=duration is None,
-                usage={t: n for t, n in counts.items() if n},
+                usage=counts,
             )
         )
     for ei, e in enumerate(entries):
