@@ -293,7 +293,7 @@ class RunCollector:
                 self.m.rows_sanitized.labels(reason).inc()
             if rec.anomalies:
                 log.warning("run %s (%s %s, %s): inconsistent token numbers stored by agno: %s",
-                            rec.run_id, rec.provider, rec.model, rec.name, ", ".join(rec.anomalies))
+                            rec.run_id, rec.provider, rec.model, rec.name, ", ".join(rec.anomaly_kinds))
         for _, reason in skipped:
             self.m.rows_skipped.labels(reason).inc()
         for rec in batch.new_records:

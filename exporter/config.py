@@ -147,7 +147,8 @@ class PriceSpec(_Strict):
 
 class MetricsSettings(_Strict):
     label_value_limit: int = Field(default=300, ge=1, le=100_000)
-    # model id (or id prefix) -> price; merged over the shipped, dated table unless default_prices is off
+    # model id (exact; its dated snapshots match too) -> price; merged over the shipped, dated table
+    # unless default_prices is off
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
     default_prices: bool = True
     top_sessions: int = Field(default=10, ge=0, le=1000)

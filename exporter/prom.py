@@ -45,14 +45,17 @@ FAMILIES: tuple[Family, ...] = (
     Family("agno_run_duration_seconds", "histogram", "Run duration as agno measured it.",
            ("run_type", "name", "status"), RUN_DURATION_BUCKETS, "seconds"),
     Family("agno_run_time_to_first_token_seconds", "histogram",
-           "Time to first token of a run as agno measured it (streamed runs only).",
-           ("run_type", "name"), TTFT_BUCKETS, "seconds"),
-    Family("agno_model_calls", "counter", "Model calls (assistant messages produced by the run).",
-           ("run_type", "name", "model", "provider")),
+           "Time to first token of a run as agno measured it: the first chunk of a streamed run "
+           "(stream=\"true\"), the whole first response of a non-streamed one (stream=\"false\").",
+           ("run_type", "name", "stream"), TTFT_BUCKETS, "seconds"),
+    Family("agno_model_calls", "counter",
+           "Model calls of runs, by the model, provider and model role (agno's details key) that made them.",
+           ("run_type", "name", "model", "provider", "model_role")),
     Family("agno_tool_calls", "counter", "Tool calls executed by runs.", ("name", "tool")),
     Family("agno_tool_call_errors", "counter", "Tool calls that agno marked as failed.", ("name", "tool")),
     Family("agno_token_anomalies", "counter",
-           "Runs whose stored token numbers are inconsistent (e.g. total != input + output), by kind.",
+           "Runs whose stored token numbers are inconsistent under their provider's meaning "
+           "(e.g. total != input + output), by kind and the model whose numbers they are.",
            ("kind", "provider", "model")),
     Family("agno_session_disagreements", "counter",
            "Sessions whose totals stored by agno (session_metrics) disagree with the sum of their runs.",
@@ -65,8 +68,8 @@ FAMILIES: tuple[Family, ...] = (
            "Duration of one model call (OpenTelemetry GenAI).", (*_GENAI, "error_type"),
            DURATION_BUCKETS, "seconds"),
     Family("gen_ai_server_time_to_first_token_seconds", "histogram",
-           "Time to first token of one streamed model call (OpenTelemetry GenAI).", _GENAI, TTFT_BUCKETS,
-           "seconds"),
+           "Time to first token of one streamed model call (OpenTelemetry GenAI); non-streamed calls are "
+           "in gen_ai_client_operation_duration_seconds only.", _GENAI, TTFT_BUCKETS, "seconds"),
     Family("gen_ai_execute_tool_duration_seconds", "histogram",
            "Duration of one tool call, exact as agno measured it.",
            ("gen_ai_tool_name", "gen_ai_agent_name", "error_type"), DURATION_BUCKETS, "seconds"),
@@ -74,7 +77,7 @@ FAMILIES: tuple[Family, ...] = (
 
 # Labels whose values come from a fixed set of ours or agno's: never folded into __other__.
 BOUNDED_LABELS = ("kind", "run_type", "status", "token_type", "gen_ai_token_type", "gen_ai_operation_name",
-                  "source", "error_type", "model_role")
+                  "source", "error_type", "model_role", "stream")
 
 
 def new_store(label_value_limit: int) -> SeriesStore:
@@ -87,8 +90,8 @@ def observations(record: RunRecord, trace_id: str | None, prices: PriceTable | N
     yield Observation("agno_runs", (rt, name, record.status), 1)
     for t in record.tokens:
         yield Observation("agno_tokens", (rt, name, t.model, t.provider, t.model_role, t.token_type), t.count)
-    for kind in record.anomalies:
-        yield Observation("agno_token_anomalies", (kind, record.provider, record.model), 1)
+    for a in record.anomalies:
+        yield Observation("agno_token_anomalies", (a.kind, a.provider, a.model), 1)
     for c in record.costs:
         yield Observation("agno_cost_usd", (rt, name, c.model, c.provider, "reported"), c.usd)
     if prices is not None:
@@ -96,10 +99,10 @@ def observations(record: RunRecord, trace_id: str | None, prices: PriceTable | N
     if record.duration is not None:
         yield Observation("agno_run_duration_seconds", (rt, name, record.status), record.duration, trace_id)
     if record.time_to_first_token is not None:
-        yield Observation("agno_run_time_to_first_token_seconds", (rt, name), record.time_to_first_token,
-                          trace_id)
+        yield Observation("agno_run_time_to_first_token_seconds", (rt, name, "true" if record.streamed else "false"),
+                          record.time_to_first_token, trace_id)
     for call in record.model_calls:
-        yield Observation("agno_model_calls", (rt, name, call.model, call.provider), 1)
+        yield Observation("agno_model_calls", (rt, name, call.model, call.provider, call.model_role), 1)
         base = ("chat", call.provider, call.model)
         for ttype, n in (("input", call.input_tokens), ("output", call.output_tokens)):
             if n:
@@ -107,7 +110,9 @@ def observations(record: RunRecord, trace_id: str | None, prices: PriceTable | N
         if call.duration is not None:
             yield Observation("gen_ai_client_operation_duration_seconds", (*base, name, ""), call.duration,
                               trace_id)
-        if call.time_to_first_token is not None:
+        # OpenTelemetry GenAI: time to first chunk "SHOULD be reported for streaming calls and SHOULD
+        # NOT be reported otherwise"; agno stores a non-streamed call's whole duration as its TTFT.
+        if call.streamed and call.time_to_first_token is not None:
             yield Observation("gen_ai_server_time_to_first_token_seconds", (*base, name),
                               call.time_to_first_token, trace_id)
     for tool in record.tool_calls:

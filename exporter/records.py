@@ -12,11 +12,14 @@ never stops the cursor. agno stores only non-zero metric fields, so an absent fi
 from __future__ import annotations
 
 import math
+import re
 import sys
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import usage
 
 # Statuses after which agno never changes a run's metrics again. PAUSED is not final: a paused run
 # is continued under the same run id. REGENERATED marks a run that was replaced; it did spend tokens.
@@ -101,7 +104,16 @@ class ModelCost:
 
 @dataclass(frozen=True, slots=True)
 class ModelCall:
-    """One assistant message produced in the run (not replayed from history) = one model call."""
+    """One model call of the run, by the model and in the role that made it (see :func:`_model_calls`).
+
+    ``source`` says what agno kept of it: ``"message"``, an assistant message of the run (tokens,
+    duration, time to first token, created_at); ``"details"``, the part of a model's
+    ``metrics.details`` entry that no message accounts for (calls agno kept only as a sum: memory,
+    session summary, reasoning, ... models), one call per entry, tokens only.
+    ``streamed`` is true for a message whose call was streamed: agno stores a message's
+    ``duration`` only for non-streamed calls (the provider class stops the message timer; a
+    streamed message gets the stream's metrics, whose timer is never stopped).
+    """
 
     index: int
     message_id: str
@@ -114,6 +126,19 @@ class ModelCall:
     created_at: int | None
     tool_call_ids: tuple[str, ...] = ()
     content: str | None = None  # only when content capture is enabled
+    model_role: str = "model"
+    streamed: bool = False
+    source: str = "message"
+    usage: Mapping[str, int] = field(default_factory=dict)  # token_type -> count
+
+
+@dataclass(frozen=True, slots=True)
+class TokenAnomaly:
+    """A stored token number that contradicts another, under the model's provider's meaning (usage.py)."""
+
+    kind: str
+    model: str
+    provider: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +185,16 @@ class RunRecord:
     output_content: str | None = None
     # what had to be cleaned to make label values of this row (e.g. "control_chars"), for counting
     sanitized: tuple[str, ...] = ()
-    anomalies: tuple[str, ...] = field(default=())
+    anomalies: tuple[TokenAnomaly, ...] = field(default=())
+    streamed: bool = False  # its model calls were streamed (see ModelCall.streamed)
 
     @property
     def cost_usd(self) -> float:
         return sum(c.usd for c in self.costs)
+
+    @property
+    def anomaly_kinds(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a.kind for a in self.anomalies))
 
     @property
     def final(self) -> bool:
@@ -285,31 +315,102 @@ def provider_name(raw: str | None) -> str:
     return _PROVIDERS.get(key) or key.replace(" ", "_")
 
 
-# agno stores the exception text as the run's content; map the common client errors to a stable
-# error.type (OpenTelemetry: low-cardinality class of the error).
-_ERROR_TYPES = (
-    ("connection error", "APIConnectionError"),
-    ("timed out", "APITimeoutError"),
-    ("timeout", "APITimeoutError"),
-    ("rate limit", "RateLimitError"),
-    ("429", "RateLimitError"),
-    ("500", "InternalServerError"),
-    ("internal server error", "InternalServerError"),
-    ("authentication", "AuthenticationError"),
-    ("401", "AuthenticationError"),
-    ("context length", "ContextLengthExceeded"),
-    ("cancelled", "Cancelled"),
+# error.type (OpenTelemetry: a low-cardinality class of the error) from what agno stores of a failed
+# run: ``str(exception)`` as the run's content (agno/agent/_run.py). For a provider error that is
+# ModelProviderError's message, which each agno model class fills differently:
+# * Anthropic (agno/models/anthropic/claude.py): the SDK's message, "Error code: 429 - {body}";
+# * Gemini (agno/models/google/gemini.py): the response body, {"error": {"code", "status", ...}},
+#   google-genai's own "429 RESOURCE_EXHAUSTED. {...}", or (async, aiohttp) a response's repr;
+# * OpenAI and compatible (agno/models/openai/chat.py): only the body's message, no status code,
+#   so the provider's own wording is recognised ("Rate limit reached for ...").
+# A status code is read only where the format puts one, never found inside other numbers ("150012
+# tokens" is no HTTP 500). Names follow the provider SDKs' exception classes (anthropic/_exceptions.py)
+# and agno's ContextWindowExceededError.
+_STATUS_TYPES = {
+    400: "BadRequestError", 401: "AuthenticationError", 402: "PaymentRequiredError",
+    403: "PermissionDeniedError", 404: "NotFoundError", 408: "RequestTimeoutError", 409: "ConflictError",
+    413: "ContentTooLargeError", 422: "UnprocessableEntityError", 429: "RateLimitError",
+    500: "InternalServerError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError", 529: "OverloadedError",
+}
+# google.rpc.Code names (the "status" of a Google API error) -> HTTP status, as Google maps them.
+_GOOGLE_STATUS = {
+    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400, "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ABORTED": 409, "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "INTERNAL": 500, "UNKNOWN": 500, "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+}
+_STAINLESS_STATUS = re.compile(r"^Error code: (\d{3})\b")  # anthropic/openai SDKs' APIStatusError message
+_GOOGLE_PREFIX = re.compile(r"^(\d{3}) ([A-Z_]+)\. ")  # google-genai APIError.__str__
+# agno's Gemini on google-genai's aiohttp transport stores the repr of the response's ``text``
+# method instead of the body (gemini.py takes ``e.response.text`` for an attribute): its status is
+# in the repr, "<bound method ClientResponse.text of <ClientResponse(url) [429 Too Many Requests]>".
+_AIOHTTP_RESPONSE = re.compile(r"^<bound method ClientResponse\.text of <ClientResponse\([^)]*\) \[(\d{3})\b")
+_GOOGLE_BODY_CODE = re.compile(r'^\s*[\[{].*?"code":\s*(\d{3})\b', re.DOTALL)
+_GOOGLE_BODY_STATUS = re.compile(r'"status":\s*"([A-Z_]+)"')
+_CONTEXT = re.compile(
+    r"\bcontext_length_exceeded\b|\bmaximum context length is \d+ tokens\b|^prompt is too long\b"
+    r"|\bprompt is too long: \d+ tokens > \d+ maximum\b|\binput token count\b.{0,40}\bexceeds the maximum\b"
+    r"|\bexceeds the maximum number of tokens allowed\b|\bexceeds the context window\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_OVERLOADED = re.compile(r"\boverloaded_error\b|\b(?:model|engine|server) is (?:currently )?overloaded\b",
+                         re.IGNORECASE)
+# Messages that carry no status code, most specific first; each anchored on the provider's wording.
+_MESSAGE_TYPES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), kind)
+    for p, kind in (
+        (r"^Rate limit (?:reached|exceeded)\b|^You exceeded your current quota\b|\brate_limit_(?:exceeded|error)\b"
+         r"|^Request too large for \S+ in organization\b", "RateLimitError"),
+        (r"^(?:Incorrect|Invalid) API key provided\b|^You didn't provide an API key\b|\binvalid x-api-key\b"
+         r"|^API key not valid\b|\bauthentication_error\b", "AuthenticationError"),
+        (r"\bdoes not have access to model\b|^You are not allowed to sample from this model\b|\bpermission_error\b",
+         "PermissionDeniedError"),
+        (r"^The model `[^`]+` does not exist\b|^Invalid URL \(|\bnot_found_error\b", "NotFoundError"),
+        (r"^The server had an error (?:while )?processing your request\b|\bapi_error\b", "InternalServerError"),
+        (r"^Request timed out\.?$|^(?:ReadTimeout|WriteTimeout|ConnectTimeout|PoolTimeout|TimeoutException"
+         r"|TimeoutError)$|^timed out$", "APITimeoutError"),
+        (r"^Connection error\.?$|^All connection attempts failed$|^Cannot connect to host \S+"
+         r"|^(?:ConnectError|RemoteProtocolError|ReadError|ClientConnectorError|ServerDisconnectedError)$"
+         r"|\[Errno 111\] Connection refused", "APIConnectionError"),
+        (r"^(?:Expecting value|Expecting property name enclosed in double quotes|Expecting '[,:]' delimiter"
+         r"|Unterminated string starting at|Extra data|Invalid control character at)"
+         r": line \d+ column \d+ \(char \d+\)$",
+         "JSONDecodeError"),
+    )
 )
 
 
+def _status_of(text: str) -> int | None:
+    """The HTTP status a provider error message states, where its format puts one."""
+    if m := _STAINLESS_STATUS.match(text):
+        return int(m.group(1))
+    if m := _GOOGLE_PREFIX.match(text):
+        return int(m.group(1))
+    if m := _AIOHTTP_RESPONSE.match(text):
+        return int(m.group(1))
+    if m := _GOOGLE_BODY_CODE.match(text):
+        return int(m.group(1))
+    if (m := _GOOGLE_BODY_STATUS.search(text)) and text.lstrip()[:1] in "{[":
+        return _GOOGLE_STATUS.get(m.group(1))
+    return None
+
+
 def classify_error(status: str, message: str | None) -> str | None:
+    """error.type of a run: None unless ERROR or CANCELLED; ``AgnoRunError`` when nothing is recognised."""
     if status not in ("ERROR", "CANCELLED"):
         return None
     if status == "CANCELLED":
         return "Cancelled"
-    text = (message or "").lower()
-    for needle, kind in _ERROR_TYPES:
-        if needle in text:
+    text = (message or "").strip()
+    if _CONTEXT.search(text):
+        return "ContextWindowExceededError"
+    if _OVERLOADED.search(text):
+        return "OverloadedError"
+    code = _status_of(text)
+    if code is not None:
+        return _STATUS_TYPES.get(code) or ("InternalServerError" if code >= 500 else "BadRequestError")
+    for pattern, kind in _MESSAGE_TYPES:
+        if pattern.search(text):
             return kind
     return "AgnoRunError"
 
@@ -318,44 +419,68 @@ def classify_error(status: str, message: str | None) -> str | None:
 # runs
 
 
+@dataclass(slots=True)
+class _Entry:
+    """One element of ``metrics.details[role]``: what one model used in one role during the run."""
+
+    role: str
+    model: str
+    provider: str
+    counts: dict[str, int]  # token_type -> n, every type
+    total: int | None  # its stored total_tokens
+
+
+def _details(
+    metrics: Mapping[str, Any], model: str, provider: str, sanitized: list[str]
+) -> tuple[list[_Entry], list[ModelCost]]:
+    """``metrics.details`` (agno/metrics.py ``RunMetrics.details``: role -> one entry per (provider, id))."""
+    entries: list[_Entry] = []
+    costs: list[ModelCost] = []
+    details = _obj(metrics.get("details"), "metrics.details")
+    for role, items in details.items():
+        role = str(role)
+        for i, entry in enumerate(_list(items, "metrics.details.", role)):
+            entry = _obj(entry, "metrics.details.", role, "[", i, "]")
+            m_id = clean_label(_str(entry.get("id")), model, sanitized)
+            m_provider = provider_name(_str(entry.get("provider"))) if entry.get("provider") else provider
+            counts = _counts(entry, "metrics.details.", role, "[", i, "].")
+            total = entry.get("total_tokens")
+            entries.append(_Entry(role, m_id, m_provider, counts, total if type(total) is int else None))
+            cost = _num(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
+            if cost:
+                costs.append(ModelCost(role, m_id, m_provider, cost))
+    return entries, costs
+
+
 def _token_split(
-    metrics: Mapping[str, Any], totals: dict[str, int], model: str, provider: str
-) -> tuple[tuple[TokenUsage, ...], tuple[ModelCost, ...], tuple[str, ...]]:
+    entries: list[_Entry], costs: list[ModelCost], metrics: Mapping[str, Any], totals: dict[str, int],
+    model: str, provider: str,
+) -> tuple[tuple[TokenUsage, ...], tuple[ModelCost, ...], list[TokenAnomaly]]:
     """Split the run totals by (model role, model, provider) using ``metrics.details``.
 
     agno accumulates details and totals together, so they agree; where they do not (old versions,
     provider bugs) the run totals are the truth and the remainder is attributed to the run's model.
     """
     usages: dict[tuple[str, str, str, str], int] = {}
-    costs: list[ModelCost] = []
-    anomalies: list[str] = []
-    details = _obj(metrics.get("details"), "metrics.details")
+    anomalies: list[TokenAnomaly] = []
     attributed = dict.fromkeys(TOKEN_TYPES, 0)
-    for role, entries in details.items():
-        for i, entry in enumerate(_list(entries, "metrics.details.", role)):
-            entry = _obj(entry, "metrics.details.", role, "[", i, "]")
-            m_id = _str(entry.get("id")) or model
-            m_provider = provider_name(_str(entry.get("provider")) or provider)
-            for fname, ttype in TOKEN_FIELDS:
-                n = _tokens(entry.get(fname), "metrics.details.", role, "[", i, "].", fname)
-                if n:
-                    key = (str(role), m_id, m_provider, ttype)
-                    usages[key] = usages.get(key, 0) + n
-                    attributed[ttype] += n
-            cost = _num(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
-            if cost:
-                costs.append(ModelCost(str(role), m_id, m_provider, cost))
+    for e in entries:
+        for ttype, n in e.counts.items():
+            if n:
+                key = (e.role, e.model, e.provider, ttype)
+                usages[key] = usages.get(key, 0) + n
+                attributed[ttype] += n
     for ttype, total in totals.items():
         rest = total - attributed[ttype]
         if rest > 0:
             if attributed[ttype]:
-                anomalies.append("details_below_total")
+                anomalies.append(TokenAnomaly("details_below_total", model, provider))
             key = ("model", model, provider, ttype)
             usages[key] = usages.get(key, 0) + rest
         elif rest < 0:
             # details claim more than the run total: keep the run total (agno's number) exact by
             # scaling nothing and dropping the excess; flag it so users can see the provider bug.
-            anomalies.append("details_above_total")
+            anomalies.append(TokenAnomaly("details_above_total", model, provider))
             excess = -rest
             for key in sorted(k for k in usages if k[3] == ttype):
                 take = min(excess, usages[key])
@@ -365,54 +490,149 @@ def _token_split(
                     break
     run_cost = _num(metrics.get("cost"), "metrics.cost")
     if run_cost and not costs:
-        costs.append(ModelCost("model", model, provider, run_cost))
+        costs = [ModelCost("model", model, provider, run_cost)]
     tokens = tuple(TokenUsage(k[0], k[1], k[2], k[3], n) for k, n in usages.items() if n)
-    return tokens, tuple(costs), tuple(anomalies)
+    return tokens, tuple(costs), list(dict.fromkeys(anomalies))
 
 
-def _token_anomalies(where: Mapping[str, Any], totals: Mapping[str, int]) -> list[str]:
-    """Checks that can be stated exactly (see the [signals] docs)."""
-    found = []
-    total = where.get("total_tokens")
-    if isinstance(total, int) and totals["input"] and totals["output"] and total != totals["input"] + totals["output"]:
-        found.append("total_mismatch")
-    if totals["cache_read"] > totals["input"] > 0:
-        found.append("cache_exceeds_input")
-    if totals["reasoning"] > totals["output"] > 0:
-        found.append("reasoning_exceeds_output")
-    return found
+def _token_anomalies(
+    entries: list[_Entry], metrics: Mapping[str, Any], totals: Mapping[str, int], model: str, provider: str
+) -> list[TokenAnomaly]:
+    """Checks that can be stated exactly, per model under its provider's meaning (exporter/usage.py).
+
+    Each details entry is one model's own numbers, so a run whose models come from providers with
+    different meanings (a Gemini model with an OpenAI output model) is checked model by model; a
+    run without details is checked on its totals, with the run's model.
+    """
+    if not entries:
+        total = metrics.get("total_tokens")
+        kinds = usage.anomalies(provider, totals, total if type(total) is int else None)
+        return [TokenAnomaly(k, model, provider) for k in kinds]
+    found: dict[TokenAnomaly, None] = {}
+    for e in entries:
+        for kind in usage.anomalies(e.provider, e.counts, e.total):
+            found[TokenAnomaly(kind, e.model, e.provider)] = None
+    return list(found)
+
+
+# Roles whose call agno keeps as the run's last assistant message (checked from the end, in this
+# order): the parser model's answer is appended after everything (agno/agent/_response.py
+# process_parser_response), the output model's answer takes the place of the model's final one
+# (generate_response_with_output_model*). The model role's own calls, the primary's and its
+# fallbacks' (agno/models/fallback.py gives fallbacks the role "model"), are the other messages, in
+# the order the models were first used, which is the order of their details entries. Every other
+# role (memory, session summary, reasoning_*, compression, learning, followup, eval_*, ...) keeps
+# its messages to itself: its calls exist only in details.
+_TAIL_ROLES = ("parser_model", "output_model")
+
+
+def _counts(metrics: Mapping[str, Any], *where: Any) -> dict[str, int]:
+    """token_type -> count of one metrics object (agno stores only non-zero fields)."""
+    counts = {}
+    for f, t in TOKEN_FIELDS:
+        v = metrics.get(f)
+        # the common cases inline: a run has a dozen of these objects
+        counts[t] = v if type(v) is int and v >= 0 else 0 if v is None else _tokens(v, *where, f)
+    return counts
+
+
+def _fits(counts: Mapping[str, int], budget: Mapping[str, int]) -> bool:
+    return all(n <= budget.get(t, 0) for t, n in counts.items())
 
 
 def _model_calls(
-    messages: list[Any], model: str, provider: str, with_content: bool
+    messages: list[Any], entries: list[_Entry], model: str, provider: str, with_content: bool
 ) -> tuple[ModelCall, ...]:
-    calls: list[ModelCall] = []
+    """The run's model calls, each with the model, provider and role that made it.
+
+    A call agno kept as a message is an assistant message of this run (not replayed from history)
+    that has metrics: agno inserts metric-less assistant messages itself (a reasoning model's
+    result, wrapped in ``<thinking>``), and those are no calls. agno does not store which model
+    wrote a message, so messages are matched to ``metrics.details`` entries by their tokens (see
+    ``_TAIL_ROLES``); a run without details (agno before per-model details) has the run's model.
+    What an entry's tokens leave after its messages is one more call with ``source="details"``.
+    """
+    found: list[tuple[int, Mapping[str, Any], Mapping[str, Any], dict[str, int]]] = []
     for i, msg in enumerate(messages):
-        msg = _obj(msg, "messages[", i, "]")
+        if type(msg) is not dict:
+            msg = _obj(msg, "messages[", i, "]")
         if msg.get("role") != "assistant" or msg.get("from_history") is True:
             continue
-        metrics = _obj(msg.get("metrics"), "messages[", i, "].metrics")
+        metrics = msg.get("metrics")
+        if type(metrics) is not dict:
+            metrics = _obj(metrics, "messages[", i, "].metrics")
+        if metrics:
+            found.append((i, msg, metrics, _counts(metrics, "messages[", i, "].metrics.")))
+
+    budget = [dict(e.counts) for e in entries]
+    if len(entries) == 1 and entries[0].role == "model":  # one model, no other role: the common run
+        owner: list[int | None] = [0] * len(found)
+        b = budget[0]
+        for *_, counts in found:
+            for t, n in counts.items():
+                if n:
+                    b[t] = max(0, b[t] - n)
+    else:
+        owner = [None] * len(found)
+        end = len(found)
+        for role in _TAIL_ROLES:
+            for ei, e in enumerate(entries):
+                if e.role == role and end and found[end - 1][3] == budget[ei]:
+                    end -= 1
+                    owner[end] = ei
+                    budget[ei] = dict.fromkeys(budget[ei], 0)
+        primary = [ei for ei, e in enumerate(entries) if e.role == "model" and any(e.counts.values())]
+        k = 0
+        for j in range(end if primary else 0):
+            # each model takes the messages that fit what it used, then the next one (its fallback) does
+            while k < len(primary) - 1 and not _fits(found[j][3], budget[primary[k]]):
+                k += 1
+            owner[j] = primary[k]
+            b = budget[primary[k]]
+            for t, n in found[j][3].items():
+                b[t] = max(0, b[t] - n)
+
+    calls: list[ModelCall] = []
+    for j, (i, msg, metrics, counts) in enumerate(found):
+        who = owner[j]
+        ent = entries[who] if who is not None else None
+        requested = msg.get("tool_calls")
         tool_ids = tuple(
             _str(_obj(tc, "messages[", i, "].tool_calls[]").get("id")) or ""
-            for tc in _list(msg.get("tool_calls"), "messages[", i, "].tool_calls")
-        )
+            for tc in _list(requested, "messages[", i, "].tool_calls")
+        ) if requested is not None else ()
         content = msg.get("content") if with_content else None
+        duration = _num(metrics.get("duration"), "messages[", i, "].metrics.duration")
         calls.append(
             ModelCall(
                 index=len(calls),
                 message_id=_str(msg.get("id")) or "",
-                model=model,
-                provider=provider,
-                input_tokens=_tokens(metrics.get("input_tokens"), "messages[", i, "].metrics.input_tokens"),
-                output_tokens=_tokens(metrics.get("output_tokens"), "messages[", i, "].metrics.output_tokens"),
-                duration=_num(metrics.get("duration"), "messages[", i, "].metrics.duration"),
+                model=ent.model if ent else model,
+                provider=ent.provider if ent else provider,
+                input_tokens=counts["input"],
+                output_tokens=counts["output"],
+                duration=duration,
                 time_to_first_token=_num(metrics.get("time_to_first_token"), "messages[", i,
                                          "].metrics.time_to_first_token"),
                 created_at=_epoch(msg.get("created_at"), "messages[", i, "].created_at") or None,
                 tool_call_ids=tool_ids,
                 content=content if isinstance(content, str) else None,
+                model_role=ent.role if ent else "model",
+                streamed=duration is None,
+                usage=counts,
             )
         )
+    for ei, e in enumerate(entries):
+        rest = {t: n for t, n in budget[ei].items() if n}
+        if rest:
+            calls.append(
+                ModelCall(
+                    index=len(calls), message_id="", model=e.model, provider=e.provider,
+                    input_tokens=rest.get("input", 0), output_tokens=rest.get("output", 0),
+                    duration=None, time_to_first_token=None, created_at=None,
+                    model_role=e.role, source="details", usage=rest,
+                )
+            )
     return tuple(calls)
 
 
@@ -502,17 +722,18 @@ def build_run_record(
         totals = dict.fromkeys(TOKEN_TYPES, 0)
         tokens: tuple[TokenUsage, ...] = ()
         costs: tuple[ModelCost, ...] = ()
-        anomalies: list[str] = []
+        anomalies: list[TokenAnomaly] = []
         steps = _obj(metrics.get("steps"), "metrics.steps")
         step_names = tuple(str(k) for k in steps)
+        model_calls: tuple[ModelCall, ...] = ()
     else:
         totals = {t: _tokens(metrics.get(f), "metrics.", f) for f, t in TOKEN_FIELDS}
-        tokens, costs, split_anomalies = _token_split(metrics, totals, model, provider)
-        anomalies = [*split_anomalies, *_token_anomalies(metrics, totals)]
+        entries, entry_costs = _details(metrics, model, provider, sanitized)
+        tokens, costs, split_anomalies = _token_split(entries, entry_costs, metrics, totals, model, provider)
+        anomalies = [*split_anomalies, *_token_anomalies(entries, metrics, totals, model, provider)]
         step_names = ()
-
-    messages = _list(run_data.get("messages"), "messages")
-    model_calls = _model_calls(messages, model, provider, with_content) if run_type != "workflow" else ()
+        messages = _list(run_data.get("messages"), "messages")
+        model_calls = _model_calls(messages, entries, model, provider, with_content)
     tool_calls = _tool_calls(_list(run_data.get("tools"), "tools"), sanitized)
 
     error_message = None
@@ -551,6 +772,7 @@ def build_run_record(
         ),
         sanitized=tuple(sanitized),
         anomalies=tuple(anomalies),
+        streamed=any(c.streamed for c in model_calls),
     )
 
 

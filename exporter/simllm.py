@@ -10,11 +10,14 @@ and non-streamed), ``/v1/models`` and ``/healthz`` with:
 * deterministic token accounting (the same request always reports the same usage),
 * configurable latency: time to first token plus a per-token delay,
 * schema-driven tool calls, including valid agno team delegations,
-* injectable failures: HTTP 429/500, stalls (client timeouts) and malformed bodies.
+* injectable failures: HTTP 429/500, stalls (client timeouts) and malformed bodies, and OpenAI's
+  other error answers (HTTP 400 context length exceeded, 401, 403, 404, 503), each with the status,
+  body and wording OpenAI uses.
 
 Per-request directives may appear anywhere in the last user message:
 
-* ``[sim:fail=429]``, ``[sim:fail=500]``, ``[sim:fail=timeout]``, ``[sim:fail=malformed]``
+* ``[sim:fail=429]``, ``[sim:fail=500]``, ``[sim:fail=timeout]``, ``[sim:fail=malformed]``,
+  ``[sim:fail=context]``, ``[sim:fail=401]``, ``[sim:fail=403]``, ``[sim:fail=404]``, ``[sim:fail=503]``
 * ``[sim:ttft=0.5]`` -- time to first token for this request, in seconds, without jitter
 """
 
@@ -52,7 +55,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FAILURE_KINDS: Final = frozenset({"429", "500", "timeout", "malformed"})
+FAILURE_KINDS: Final = frozenset({"429", "500", "timeout", "malformed", "context", "401", "403", "404", "503"})
+# OpenAI's answers for the other error kinds: status, message, type, code (OpenAI's wording).
+_OPENAI_ERRORS: Final = {
+    "context": (400, "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                "150012 tokens. Please reduce the length of the messages.", "invalid_request_error",
+                "context_length_exceeded"),
+    "401": (401, "Incorrect API key provided: sk-sim. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"),
+    "403": (403, "Project `proj_sim` does not have access to model `{model}`", "invalid_request_error",
+            "model_not_found"),
+    "404": (404, "The model `{model}` does not exist or you do not have access to it.", "invalid_request_error",
+            "model_not_found"),
+    "503": (503, "The engine is currently overloaded, please try again later.", "server_error", None),
+}
 # A stalled request sleeps this long unless the client disconnects or the server shuts down first.
 STALL_SECONDS: Final = 600.0
 RETRY_AFTER_SECONDS: Final = 1
@@ -612,6 +628,10 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return _error_response(
             500, "The server had an error while processing your request (simulated).", "server_error", None
         )
+    if failure in _OPENAI_ERRORS:
+        stats.record_failure(failure)
+        status, message, err_type, code = _OPENAI_ERRORS[failure]
+        return _error_response(status, message.format(model=body.get("model", "")), err_type, code)
     if failure == "timeout":
         stats.record_failure("timeout")
         # Stall until the client gives up (handler cancellation) or the server shuts down.

@@ -334,7 +334,7 @@ def build_spans(
     if record.costs:
         attrs["agno.cost_usd"] = record.cost_usd
     if record.anomalies:
-        attrs["agno.token_anomalies"] = list(record.anomalies)
+        attrs["agno.token_anomalies"] = list(record.anomaly_kinds)
     if record.workflow_step_names:
         attrs["agno.workflow.steps"] = list(record.workflow_step_names)
     attrs["agno.timing"] = _timing(layout.run)
@@ -383,14 +383,24 @@ def build_spans(
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": call.provider,
             "gen_ai.request.model": call.model,
-            "gen_ai.usage.input_tokens": call.input_tokens,
-            "gen_ai.usage.output_tokens": call.output_tokens,
         }
+        c_attrs["gen_ai.usage.input_tokens"] = call.input_tokens
+        c_attrs["gen_ai.usage.output_tokens"] = call.output_tokens
+        for token_type, key in _USAGE_ATTRIBUTES.items():
+            if token_type not in ("input", "output") and (count := call.usage.get(token_type, 0)):
+                c_attrs[key] = count
         if record.session_id:
             c_attrs["gen_ai.conversation.id"] = record.session_id
+        if call.source == "message":
+            c_attrs["gen_ai.request.stream"] = call.streamed
         if call.time_to_first_token is not None:
-            c_attrs["gen_ai.response.time_to_first_chunk"] = call.time_to_first_token
+            # the conventions' time to first chunk exists for streamed calls only; agno stores a
+            # non-streamed call's whole duration as its time to first token
+            if call.streamed:
+                c_attrs["gen_ai.response.time_to_first_chunk"] = call.time_to_first_token
             c_attrs["agno.time_to_first_token"] = call.time_to_first_token
+        c_attrs["agno.model_role"] = call.model_role
+        c_attrs["agno.model_call.source"] = call.source
         c_attrs["agno.run_id"] = run_id
         if call.message_id:
             c_attrs["agno.message_id"] = call.message_id

@@ -246,10 +246,10 @@ def overview() -> Json:
     L.add(stat("Cost", "US dollars in the time range: reported by the provider, or estimated from the price "
                "table. \"none priced\": no provider reported cost and no model has a price (see Unpriced runs).",
                "sum(increase(agno_cost_usd_total[$__range]))", "currencyUSD", no_value="none priced"), 4, 4)
-    L.add(stat("TTFT p95", "95th percentile of the runs' time to first token over the time range "
-               "(streamed runs).",
+    L.add(stat("TTFT p95", "95th percentile of the streamed runs' time to first token over the time range "
+               "(a non-streamed run's first token comes with its whole first answer: see Run duration).",
                "histogram_quantile(0.95, sum by (le) (rate(agno_run_time_to_first_token_seconds_bucket"
-               "[$__range])))", "s", no_value="no streamed runs"), 4, 4)
+               '{stream="true"}[$__range])))', "s", no_value="no streamed runs"), 4, 4)
     L.add(stat("Run duration p95", "95th percentile of run duration over the time range.",
                "histogram_quantile(0.95, sum by (le) (rate(agno_run_duration_seconds_bucket[$__range])))",
                "s", no_value="no runs"), 4, 4)
@@ -276,9 +276,9 @@ def overview() -> Json:
                      "series to open the drill-down for it.",
                      [target(f"sum by (run_type, name) (rate(agno_runs_total[{rate}]))", "{{run_type}} {{name}}")],
                      "short", axis="runs/s", links=[{"title": "Drill down", "url": DRILLDOWN_LINK}]), 12, 8)
-    L.add(timeseries("Time to first token (runs)", "Percentiles of the runs' time to first token as agno "
-                     "measured it (streamed runs). Exemplars (dots) link to the run's trace.",
-                     quantiles("agno_run_time_to_first_token_seconds_bucket"), "s"), 12, 8)
+    L.add(timeseries("Time to first token (runs)", "Percentiles of the streamed runs' time to first token as "
+                     "agno measured it (stream=\"true\"). Exemplars (dots) link to the run's trace.",
+                     quantiles("agno_run_time_to_first_token_seconds_bucket", '{stream="true"}'), "s"), 12, 8)
     L.add(timeseries("Run duration", "Percentiles of run duration (metrics.duration). Exemplars link to the "
                      "run's trace.", quantiles("agno_run_duration_seconds_bucket"), "s"), 12, 8)
 
@@ -304,8 +304,10 @@ def overview() -> Json:
                      "short", axis="runs/s", no_value="0"), 12, 6)
 
     L.section("Models and tools")
-    L.add(timeseries("Model calls/s by model", "Assistant messages produced by runs (not from history).",
-                     [target(f"sum by (model) (rate(agno_model_calls_total[{rate}]))", "{{model}}")],
+    L.add(timeseries("Model calls/s by model", "Model calls by the model and role that made them (fallback, "
+                     "output, parser, memory, ... models included).",
+                     [target(f"sum by (model, model_role) (rate(agno_model_calls_total[{rate}]))",
+                             "{{model}} ({{model_role}})")],
                      "short", axis="calls/s"), 8, 8)
     L.add(timeseries("Model call duration", "p50/p95 of one model call's duration by model "
                      "(gen_ai_client_operation_duration_seconds; agno stores none for streamed calls).",
@@ -417,9 +419,9 @@ def drilldown() -> Json:
     L.add(stat("Cost", "US dollars for the selected model(s) in the time range (reported or estimated).",
                f"sum(increase(agno_cost_usd_total{{{runm}}}[$__range]))", "currencyUSD", no_value="none priced"),
           4, 4)
-    L.add(stat("TTFT p95", "95th percentile of time to first token over the time range.",
-               f"histogram_quantile(0.95, sum by (le) (rate(agno_run_time_to_first_token_seconds_bucket{{{run}}}"
-               "[$__range])))", "s", no_value="no streamed runs"), 4, 4)
+    L.add(stat("TTFT p95", "95th percentile of the streamed runs' time to first token over the time range.",
+               f"histogram_quantile(0.95, sum by (le) (rate(agno_run_time_to_first_token_seconds_bucket{{{run}, "
+               'stream="true"}[$__range])))', "s", no_value="no streamed runs"), 4, 4)
     L.add(stat("Run duration p95", "95th percentile of run duration over the time range.",
                f"histogram_quantile(0.95, sum by (le) (rate(agno_run_duration_seconds_bucket{{{run}}}[$__range])))",
                "s", no_value="no runs"), 4, 4)
@@ -434,9 +436,10 @@ def drilldown() -> Json:
                 f"sum(increase(agno_sessions_total{{{run}}}[$__range]))"), 6, 4)
 
     L.section("Latency (exemplars link to the traces)")
-    L.add(timeseries("Time to first token", "p50/p95/p99 of the runs' time to first token. Exemplars (dots) "
-                     "open the run's trace.",
-                     quantiles("agno_run_time_to_first_token_seconds_bucket", f"{{{run}}}"), "s"), 12, 9)
+    L.add(timeseries("Time to first token", "p50/p95/p99 of the streamed runs' time to first token. "
+                     "Exemplars (dots) open the run's trace.",
+                     quantiles("agno_run_time_to_first_token_seconds_bucket", f'{{{run}, stream="true"}}'), "s"),
+          12, 9)
     L.add(timeseries("Run duration", "p50/p95/p99 of run duration, all statuses. Exemplars open the run's "
                      "trace.", quantiles("agno_run_duration_seconds_bucket", f"{{{run}}}"), "s"), 12, 9)
     L.add(timeseries("Model call duration", "p50/p95/p99 of one model call's duration (non-streamed calls), "
@@ -457,8 +460,9 @@ def drilldown() -> Json:
     L.add(timeseries("Tokens per model call", "p50/p95 of input and output tokens of one model call.",
                      quantiles("gen_ai_client_token_usage_bucket", call, by="gen_ai_token_type", qs=(0.5, 0.95),
                                exemplar=False), "short", axis="tokens"), 8, 8)
-    L.add(timeseries("Model calls/s by model", "Assistant messages produced by the runs.",
-                     [target(f"sum by (model) (rate(agno_model_calls_total{{{runm}}}[{rate}]))", "{{model}}")],
+    L.add(timeseries("Model calls/s by model", "Model calls by the model and role that made them.",
+                     [target(f"sum by (model, model_role) (rate(agno_model_calls_total{{{runm}}}[{rate}]))",
+                             "{{model}} ({{model_role}})")],
                      "short", axis="calls/s"), 8, 8)
     L.add(timeseries("Cost per hour", "US dollars per hour at the current rate, by model and source.",
                      [target(f"sum by (model, source) (rate(agno_cost_usd_total{{{runm}}}[{rate}])) * 3600",

@@ -100,3 +100,33 @@ def exporter_cmd() -> list[str]:
     """The installed console script, as a user runs it (``python -m exporter.cli`` from a bare checkout)."""
     exe = shutil.which("agno-exporter")
     return [exe] if exe else [sys.executable, "-m", "exporter.cli"]
+
+
+async def close_clients(model: Any) -> None:
+    """Close the HTTP clients an agno model opened (agno keeps them for the model's life, never closing)."""
+    for attr in ("async_client", "client"):
+        client = getattr(model, attr, None)
+        if client is None:
+            continue
+        aio = getattr(client, "aio", None)  # google-genai: one Client, its async half under .aio
+        if aio is not None:
+            await aio.aclose()
+        for name in ("aclose", "close"):
+            close = getattr(client, name, None)
+            if close is not None:
+                result = close()
+                if asyncio.iscoroutine(result):
+                    await result
+                break
+
+
+async def close_all_model_clients() -> None:
+    """Close the clients of every agno model alive, copies included: agno's memory, session-summary
+    and reasoning managers call deep copies of the model they were given, whose clients nobody holds."""
+    import gc
+
+    from agno.models.base import Model
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Model):
+            await close_clients(obj)

@@ -51,6 +51,12 @@ def records(n: int, start: int = 0, *, vary_model: bool = True, vary_tool: bool 
             rd["model"] = f"model-{i}"
         if not messages:  # no per-model-call observations: a third of the work per run
             rd.pop("messages", None)
+        else:  # the model calls' tokens add up to the details, as agno stores them
+            calls = [m for m in rd0["messages"] if m.get("role") == "assistant"]
+            rd["messages"] = [
+                {**m, "metrics": {**m["metrics"], "input_tokens": inp if m is calls[0] else 0,
+                                  "output_tokens": outp if m is calls[0] else 0}} if m in calls else m
+                for m in rd0["messages"]]
         if vary_tool:
             rd["tools"] = [{**t, "tool_name": f"tool-{i}"} for t in rd0["tools"]]
         out.append(build_run_record({**row, "run_id": f"run-{i}"}, rd))

@@ -8,7 +8,7 @@ import pytest
 from reference import runs_v3
 
 from exporter import prom
-from exporter.prices import Price, PriceTable
+from exporter.prices import DEFAULT_PRICES, PRICES_AS_OF, Price, PriceTable
 from exporter.records import TokenUsage, build_run_record
 
 
@@ -56,10 +56,29 @@ def test_unknown_model_is_counted_not_guessed() -> None:
     assert got == {("agno_cost_unpriced_runs", "mystery-model-9", "openai"): 1}
 
 
-def test_overrides_and_dated_variants() -> None:
+def test_a_price_is_an_exact_id_or_a_dated_snapshot_of_it_never_a_prefix() -> None:
     table = PriceTable({"mystery-model": Price(1.0, 2.0)})
-    assert table.lookup("mystery-model-9") == Price(1.0, 2.0)
-    assert table.lookup("gpt-4o-mini-2024-07-18") == table.prices["gpt-4o-mini"]  # longest prefix wins
-    assert table.lookup("openai/gpt-4o") == table.prices["gpt-4o"]
-    usage = [TokenUsage("model", "mystery-model-9", "x", "input", 1_000_000)]
+    assert table.lookup("mystery-model") == Price(1.0, 2.0)
+    assert table.lookup("mystery-model-9") is None  # another model, however close
+    p = table.prices
+    assert table.lookup("gemini-2.5-flash-lite") == p["gemini-2.5-flash-lite"] != p["gemini-2.5-flash"]
+    assert table.lookup("claude-opus-4-5") == p["claude-opus-4-5"] != p["claude-opus-4"]  # $5 vs $15
+    # dated snapshots: OpenAI, Anthropic (also as Vertex AI names it), Google's stable versions
+    assert table.lookup("gpt-4.1-mini-2025-04-14") == p["gpt-4.1-mini"]
+    assert table.lookup("claude-sonnet-4-5-20250929") == p["claude-sonnet-4-5"]
+    assert table.lookup("claude-sonnet-4-20250514") == p["claude-sonnet-4"]
+    assert table.lookup("claude-sonnet-4-5@20250929") == p["claude-sonnet-4-5"]
+    assert table.lookup("gemini-2.0-flash-001") == p["gemini-2.0-flash"]
+    assert table.lookup("openai/gpt-4o") == p["gpt-4o"]
+    # previews, fine-tunes and other variants are other models
+    for other in ("gemini-2.5-flash-preview-05-20", "gpt-4o-mini-tts", "gpt-4o-audio-preview", "gpt-5.4-pro",
+                  "ft:gpt-4o-mini:acme::abc123", "claude-sonnet-4-5-v2"):
+        assert table.lookup(other) is None, other
+    usage = [TokenUsage("model", "mystery-model", "x", "input", 1_000_000)]
     assert table.estimate(usage) == pytest.approx(1.0)
+
+
+def test_every_shipped_price_says_where_and_when_it_was_read() -> None:
+    for model, price in DEFAULT_PRICES.items():
+        assert price.source.startswith("https://") and price.as_of <= PRICES_AS_OF, model
+        assert price.input > 0 and price.output > 0, model
