@@ -21,8 +21,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 
 T = TypeVar("T")
+
+# Programs the suite runs that pip cannot install, and how to get them (Debian/Ubuntu).
+SYSTEM_TOOLS = {"prometheus": "apt-get install prometheus", "promtool": "apt-get install prometheus"}
 
 
 class ThreadLoop:
@@ -100,3 +104,19 @@ def exporter_cmd() -> list[str]:
     """The installed console script, as a user runs it (``python -m exporter.cli`` from a bare checkout)."""
     exe = shutil.which("agno-exporter")
     return [exe] if exe else [sys.executable, "-m", "exporter.cli"]
+
+
+def system_tool(name: str) -> str:
+    """Path of ``name`` (a key of :data:`SYSTEM_TOOLS`) on PATH.
+
+    Missing: the test is skipped with the install command as the reason, so ``pytest -rs`` says what
+    to install. Under CI (the ``CI`` environment variable set, as ``.ci/run`` and CI services do) a
+    missing tool fails the test instead: CI must run every test, never skip one quietly.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"needs {name} on PATH: {SYSTEM_TOOLS[name]}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: in CI this test must run, not skip)", pytrace=False)
+    pytest.skip(reason)

@@ -43,7 +43,7 @@ from agno.agent import Agent
 from agno_app import AgnoApp
 from aiohttp import web
 from otlp_receiver import OtlpReceiver
-from prom_server import PromServer, free_port
+from prom_server import PromServer, free_port, prometheus_binary
 from test_collect_e2e import make_service, wait_counted
 from test_exposition import promtool
 
@@ -617,6 +617,8 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 @pytest.mark.slow
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(db_url: str, sim_url: str) -> None:
+    prometheus_binary()  # before any work: a missing prometheus skips at once
+
     async def main() -> None:
         app = AgnoApp(db_url, sim_url)
         rx = OtlpReceiver()
