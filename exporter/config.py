@@ -474,11 +474,15 @@ def _unknown_key(parts: list[str]) -> str:
     return "unknown key" + _suggest(parts[-1], names)
 
 
-def _format(err: ValidationError, source: str, origins: Origins, file_sections: set[str]) -> list[str]:
-    """One line per error: where the value came from (file, environment variable or flag), then the field."""
+def _format(err: ValidationError, source: str, origins: Origins, file_sections: set[str],
+            unresolved: set[tuple[str, ...]]) -> list[str]:
+    """One line per error: where the value came from (file, environment variable or flag), then the field.
+    A field whose tag could not be resolved has said so already: its "missing" error is left out."""
     lines = []
     for e in err.errors():
         parts = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        if tuple(parts) in unresolved:
+            continue
         loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -508,6 +512,7 @@ def load_settings(
     raw: dict[str, Any] = {}
     source = "settings"
     errors: list[str] = []
+    unresolved: set[tuple[str, ...]] = set()
     if path is not None:
         source = str(path)
         try:
@@ -523,6 +528,7 @@ def load_settings(
         found: list[tuple[tuple[str, ...], _Unresolved]] = []
         raw = _take_unresolved(loaded or {}, (), found)
         errors.extend(f"{path}: {'.'.join(p)}: {u.problem} (line {u.line})" for p, u in found)
+        unresolved.update(p for p, _ in found)
     file_sections = set(raw)
     env, env_errors, origins = _env_overrides(environ)
     errors.extend(env_errors)
@@ -538,7 +544,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_format(exc, source, origins, file_sections))
+        errors.extend(_format(exc, source, origins, file_sections, unresolved))
         raise ConfigError("\n".join(errors)) from None
     if errors:
         raise ConfigError("\n".join(errors))
