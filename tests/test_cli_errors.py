@@ -128,11 +128,13 @@ def test_read_only_role_without_state_url_says_what_check_says_once(db_url: str,
     finally:
         exporter.close()
 
-    # pointed at a database it may write (here as an environment variable), the same role counts every run
+    # pointed at a database it may write, check is content and the same role counts every run
     state_url = pg_server.create_database()
     try:
+        check = cli("check", "--db-url", reader, env={"AGNO_EXPORTER_STATE_URL": state_url})
+        assert check.returncode == 0 and "[ok] state: may write its state in schema 'agno_exporter'" in check.stdout
         exporter = Running("collect", "--db-url", reader, "--listen", "127.0.0.1:0", "--poll-interval", "100ms",
-                           env={"AGNO_EXPORTER_STATE_URL": state_url})
+                           "--state-url", state_url)
         try:
             port = exporter.metrics_port()
             with psycopg.connect(db_url) as conn:

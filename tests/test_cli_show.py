@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+import pytest
 from agno.metrics import ModelMetrics, RunMetrics
 from agno_app import AgnoApp
 from cli_support import cli, one_line_error
@@ -188,3 +189,29 @@ def test_not_found_reads_the_same_for_runs_and_sessions(db_url: str, sim_url: st
     assert runs.returncode == sessions.returncode == 1
     assert one_line_error(runs) == "no run 'nope' in ai.agno_runs"
     assert one_line_error(sessions) == "no session 'nope' in ai.agno_sessions"
+
+
+@pytest.mark.slow
+def test_show_on_an_agno2_database(db_url: str, sim_url: str, agno2_python: str) -> None:
+    """agno 2.x keeps runs in the session row's ``runs`` array: both commands read them there, and print
+    what agno 2.9's own API reported for every run and session."""
+    from agno2_support import write_agno2
+
+    result = write_agno2(agno2_python, db_url, sim_url, "basic")
+    runs = {r["run_id"]: r for r in result["runs"]}
+    for r in runs.values():
+        proc = cli("runs", "show", r["run_id"], "--db-url", db_url)
+        assert proc.returncode == 0, proc.stderr
+        m = r["metrics"] or {}
+        for f in ALWAYS:
+            assert f"{f}={m.get(f, 0)}," in shown(proc.stdout), (r["label"], f, proc.stdout)
+        assert proc.stdout.splitlines()[0].startswith(f"Run {r['run_id']}: ")
+    for sess in result["sessions"]:
+        proc = cli("sessions", "show", sess["session_id"], "--db-url", db_url)
+        assert proc.returncode == 0, proc.stderr
+        mine = {run_id for run_id, r in runs.items() if r["session_id"] == sess["session_id"]}
+        assert set(listed_runs(proc.stdout)) == mine, proc.stdout
+        stored = sess["metrics"] or {}
+        for f in ALWAYS:
+            summed = sum((runs[run_id]["metrics"] or {}).get(f, 0) for run_id in mine)
+            assert session_rows(proc.stdout)[f] == (str(summed), str(stored.get(f, 0)), ""), proc.stdout
