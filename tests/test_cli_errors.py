@@ -186,3 +186,15 @@ def test_unreachable_database_is_one_line_without_the_password(command: tuple[st
     name = " ".join(command[:2]) if len(command) > 1 else command[0]
     assert line.startswith(f"agno-exporter {name}: database error: connection failed:"), line
     assert "s3cret-pw" not in line
+
+
+def test_demo_data_dir_and_web_config_file_mistakes(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = cli("demo", "--data-dir", str(blocker / "pg"), "--duration", "1")
+    assert proc.returncode == 2
+    assert one_line_error(proc) == f"agno-exporter demo: --data-dir {blocker / 'pg'}: Not a directory"
+    proc = cli("collect", "--db-url", "postgresql://localhost/agno", "--listen", "127.0.0.1:0",
+               "--web.config.file", str(tmp_path / "missing.yml"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"web.config_file: {tmp_path / 'missing.yml'}: cannot read: No such file or directory" in proc.stderr
