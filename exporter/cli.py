@@ -330,12 +330,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and usage errors exit here, before the heavy imports
+
     import psycopg
 
     from .index import CreateIndexError
     from .web import ListenError
 
-    args = build_parser().parse_args(argv)
     if getattr(args, "config", None) is None and os.environ.get(ENV_PREFIX + "CONFIG"):
         args.config = Path(os.environ[ENV_PREFIX + "CONFIG"])
     name = " ".join(["agno-exporter", args.command, *([args.action] if getattr(args, "action", None) else [])])
