@@ -32,7 +32,7 @@ from .readers import AgnoSource, Reader
 from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label, row_run_id
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, Snapshot
-from .state import PostgresState
+from .state import PostgresState, StateNotWritable
 
 log = logging.getLogger("agno_exporter.collector")
 
@@ -131,7 +131,10 @@ class RunCollector:
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
-        await self.state.setup()
+        try:
+            await self.state.setup()
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            raise StateNotWritable(self.state.schema, str(exc)) from None
         self.watermarks.clear()
         self._cursor_saved.clear()
         self.store.load(await self.state.load_series())
@@ -352,6 +355,7 @@ class RunCollector:
                   wake: asyncio.Event | None = None) -> None:
         """Poll forever; on failure report down, back off (with jitter) and retry."""
         failures = 0
+        told_state = False  # a state the role may not write is said once (it is counted every time)
         while True:
             t0 = time.perf_counter()
             was_leader = self.leadership.is_leader
@@ -369,7 +373,8 @@ class RunCollector:
                 result = await self.poll_once()
             except (psycopg.Error, OSError) as exc:
                 failures += 1
-                reason = "database" if isinstance(exc, (psycopg.OperationalError, OSError)) else "query"
+                reason = ("state" if isinstance(exc, StateNotWritable)
+                          else "database" if isinstance(exc, (psycopg.OperationalError, OSError)) else "query")
                 self.m.poll_errors.labels(reason).inc()
                 self.m.up.set(0)
                 # A commit may have succeeded without us hearing so: reload memory from the durable state.
@@ -378,10 +383,15 @@ class RunCollector:
                 self.m.ready.set(0)
                 delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
                 self.last_failure = PollFailure(self.clock(), reason, str(exc).strip())
-                log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, self.last_failure.message)
+                if reason != "state":
+                    log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, self.last_failure.message)
+                elif not told_state:
+                    told_state = True
+                    log.error("state: %s; retrying until it may", self.last_failure.message)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
+            told_state = False
             self.m.poll_duration.observe(time.perf_counter() - t0)
             self.m.up.set(1)
             self.last_success = self.clock()

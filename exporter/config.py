@@ -9,6 +9,7 @@ newcomer can fix the file without reading code. Secrets come by indirection (``!
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -345,76 +346,169 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _Unresolved:
+    """A ``!env`` / ``!file`` tag that could not be resolved. The loader keeps it in place of the value
+    so the error can name the field it was for (and the line), and every such error is reported."""
+
+    def __init__(self, problem: str, node: yaml.Node) -> None:
+        self.problem = problem
+        self.line = node.start_mark.line + 1
+
+
 class _Loader(yaml.SafeLoader):
     environ: Mapping[str, str] = os.environ
 
 
-def _env_tag(loader: _Loader, node: yaml.Node) -> str:
+def _env_tag(loader: _Loader, node: yaml.Node) -> str | _Unresolved:
     name = str(loader.construct_scalar(node))  # type: ignore[arg-type,unused-ignore]
     if name not in loader.environ:
-        raise ConfigError(f"!env {name}: the environment variable is not set")
+        return _Unresolved(f"!env {name}: the environment variable is not set", node)
     return loader.environ[name]
 
 
-def _file_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+def _file_tag(loader: yaml.SafeLoader, node: yaml.Node) -> str | _Unresolved:
     path = Path(str(loader.construct_scalar(node)))  # type: ignore[arg-type]
     try:
         return path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"!file {path}: {exc.strerror}") from None
+        return _Unresolved(f"!file {path}: {exc.strerror}", node)
 
 
 _Loader.add_constructor("!env", _env_tag)  # type: ignore[arg-type,unused-ignore]
-_Loader.add_constructor("!file", _file_tag)
+_Loader.add_constructor("!file", _file_tag)  # type: ignore[arg-type,unused-ignore]
+
+
+def _bound_loader(environ: Mapping[str, str]) -> type[_Loader]:
+    return type("_BoundLoader", (_Loader,), {"environ": environ})
+
+
+def _take_unresolved(value: Any, path: tuple[str, ...], found: list[tuple[tuple[str, ...], _Unresolved]]) -> Any:
+    """``value`` without its unresolved tags (their keys dropped, so no second error follows from them);
+    each one is appended to ``found`` with the dotted path of its field."""
+    if isinstance(value, _Unresolved):
+        found.append((path, value))
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if isinstance(v, _Unresolved):
+                found.append(((*path, str(k)), v))
+            else:
+                out[k] = _take_unresolved(v, (*path, str(k)), found)
+        return out
+    if isinstance(value, list):
+        return [_take_unresolved(v, (*path, str(i)), found) for i, v in enumerate(value)]
+    return value
+
+
+# Settings people set most: each has a command-line flag (``--schema``), an environment variable
+# (``AGNO_EXPORTER_SCHEMA``) and a config key (``database.schema``). The long form
+# ``AGNO_EXPORTER_<SECTION>__<KEY>`` works for every key.
+# flag -> (section, key, environment variable)
+COMMON_SETTINGS: dict[str, tuple[str, str, str]] = {
+    "--db-url": ("database", "url", "DATABASE_URL"),
+    "--schema": ("database", "schema", ENV_PREFIX + "SCHEMA"),
+    "--session-table": ("database", "session_table", ENV_PREFIX + "SESSION_TABLE"),
+    "--state-url": ("state", "url", ENV_PREFIX + "STATE_URL"),
+    "--poll-interval": ("collector", "poll_interval", ENV_PREFIX + "POLL_INTERVAL"),
+    "--listen": ("web", "listen", ENV_PREFIX + "LISTEN"),
+    "--log-level": ("log", "level", ENV_PREFIX + "LOG_LEVEL"),
+}
 
 # Environment variables that map onto settings without the AGNO_EXPORTER_ prefix.
 _PLAIN_ENV = {"DATABASE_URL": ("database", "url")}
-_SHORT_ENV = {
-    "DATABASE_URL": ("database", "url"),
-    "LISTEN": ("web", "listen"),
-    "POLL_INTERVAL": ("collector", "poll_interval"),
-    "LOG_LEVEL": ("log", "level"),
-}
+_SHORT_ENV = {"DATABASE_URL": ("database", "url")}  # AGNO_EXPORTER_DATABASE_URL, beside DATABASE_URL
+_SHORT_ENV.update({env[len(ENV_PREFIX):]: (section, key) for section, key, env in COMMON_SETTINGS.values()
+                   if env.startswith(ENV_PREFIX)})
+
+Origins = dict[tuple[str, str], str]  # (section, key) -> where its value came from, for errors
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """``AGNO_EXPORTER_<SECTION>__<KEY>`` (and a few short names) -> nested overrides."""
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], list[str], Origins]:
+    """``AGNO_EXPORTER_<SECTION>__<KEY>`` (and a few short names) -> nested overrides, errors, origins."""
     out: dict[str, dict[str, Any]] = {}
     errors = []
+    origins: Origins = {}
     sections = set(Settings.model_fields)
+    loader = _bound_loader(environ)
     for plain, (section, key) in _PLAIN_ENV.items():
         if environ.get(plain):
             out.setdefault(section, {})[key] = environ[plain]
+            origins[(section, key)] = f"environment variable {plain}"
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
+        where = f"environment variable {name}"
         rest = name[len(ENV_PREFIX) :]
         if rest in _SHORT_ENV:
             section, key = _SHORT_ENV[rest]
         elif "__" in rest:
             section, _, key = rest.lower().partition("__")
-            if section not in sections or (section == "scheduler" and key == "jobs"):
-                errors.append(f"{name}: unknown setting (section {section!r})")
+            if section not in sections:
+                errors.append(f"{where}: unknown setting: no section {section!r}{_suggest(section, sections)}")
+                continue
+            if section == "scheduler" and key == "jobs":
+                errors.append(f"{where}: scheduler.jobs cannot come from the environment; list jobs in the config file")
                 continue
         else:
-            errors.append(
-                f"{name}: unknown variable; use {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}COLLECTOR__POLL_INTERVAL"
-            )
+            errors.append(f"{where}: unknown variable; use {ENV_PREFIX}<SECTION>__<KEY>, e.g. "
+                          f"{ENV_PREFIX}COLLECTOR__POLL_INTERVAL{_suggest(name, [ENV_PREFIX + n for n in _SHORT_ENV])}")
             continue
-        out.setdefault(section, {})[key] = yaml.load(value, Loader=_Loader) if value else value
-        if key == "url" or key.endswith("api_key"):
-            out[section][key] = value  # secrets stay strings, never YAML-parsed
-    return out, errors
+        parsed: Any = value
+        if value and not (key == "url" or key.endswith("api_key")):  # secrets stay strings, never YAML-parsed
+            try:
+                parsed = yaml.load(value, Loader=loader)
+            except yaml.YAMLError:
+                parsed = value  # not YAML: the setting's own validation says what is wrong with it
+        found: list[tuple[tuple[str, ...], _Unresolved]] = []
+        parsed = _take_unresolved(parsed, (section, key), found)
+        if found:
+            errors.extend(f"{where}: {'.'.join(p)}: {u.problem}" for p, u in found)
+            continue
+        out.setdefault(section, {})[key] = parsed
+        origins[(section, key)] = where
+    return out, errors, origins
 
 
-def _format(err: ValidationError, source: str) -> list[str]:
+def _unknown_key(parts: list[str]) -> str:
+    """``unknown key`` and the closest known key of the same mapping, when there is one."""
+    model: Any = Settings
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return "unknown key"
+        model = field.annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return "unknown key"
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    return "unknown key" + _suggest(parts[-1], names)
+
+
+def _format(err: ValidationError, source: str, origins: Origins, file_sections: set[str],
+            unresolved: set[tuple[str, ...]]) -> list[str]:
+    """One line per error: where the value came from (file, environment variable or flag), then the field.
+    A field whose tag could not be resolved has said so already: its "missing" error is left out."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        if tuple(parts) in unresolved:
+            continue
+        loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {loc or '(top level)'}: {msg}")
+            msg = _unknown_key(parts)
+        where = origins.get((parts[0], parts[1])) if len(parts) >= 2 else None
+        if where is None and len(parts) == 1:  # a check across a section's keys: name every source of them
+            named = sorted({o for (sec, _), o in origins.items() if sec == parts[0]})
+            if parts[0] in file_sections or not named:
+                named.insert(0, source)
+            where = ", ".join(named)
+        lines.append(f"{where or source}: {loc or '(top level)'}: {msg}")
     return lines
 
 
@@ -422,26 +516,39 @@ def load_settings(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    override_origins: Mapping[tuple[str, str], str] | None = None,
 ) -> Settings:
-    """Read the YAML file (optional), apply environment variables, then command-line overrides."""
+    """Read the YAML file (optional), apply environment variables, then command-line overrides.
+
+    Raises :class:`ConfigError` listing every problem, one a line, each naming where the value came from
+    (the file, ``environment variable NAME`` or, per ``override_origins``, a flag) and the field.
+    """
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
-    source = "config"
+    source = "settings"
+    errors: list[str] = []
+    unresolved: set[tuple[str, ...]] = set()
     if path is not None:
         source = str(path)
         try:
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        loader = type("_BoundLoader", (_Loader,), {"environ": environ})
         try:
-            loaded = yaml.load(text, Loader=loader)
+            loaded = yaml.load(text, Loader=_bound_loader(environ))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        raw = loaded or {}
-    env, errors = _env_overrides(environ)
+        found: list[tuple[tuple[str, ...], _Unresolved]] = []
+        raw = _take_unresolved(loaded or {}, (), found)
+        errors.extend(f"{path}: {'.'.join(p)}: {u.problem} (line {u.line})" for p, u in found)
+        unresolved.update(p for p, _ in found)
+    file_sections = set(raw)
+    env, env_errors, origins = _env_overrides(environ)
+    errors.extend(env_errors)
+    for (section, key), where in (override_origins or {}).items():
+        origins[(section, key)] = where
     for layer in (env, overrides or {}):
         for section, values in layer.items():
             current = raw.get(section)
@@ -452,7 +559,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        errors.extend(_format(exc, source))
+        errors.extend(_format(exc, source, origins, file_sections, unresolved))
         raise ConfigError("\n".join(errors)) from None
     if errors:
         raise ConfigError("\n".join(errors))

@@ -179,6 +179,9 @@ async def run_demo(args: argparse.Namespace, until_signal: Callable[[], Awaitabl
             except EmbeddedUnavailable as exc:
                 print(f"agno-exporter demo: {exc}", file=sys.stderr)
                 return 2
+            except OSError as exc:  # the data directory cannot be made or written
+                print(f"agno-exporter demo: --data-dir {args.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
             db_url = {"url": embedded.url}
         flaky = await start_server(FLAKY, "127.0.0.1", 0)
         simulated = choose_llm(settings.scheduler.llm) == "simulated"

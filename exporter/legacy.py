@@ -114,6 +114,19 @@ class LegacySource:
         )
         return [r for r in rows if isinstance(r["run_data"], dict)]
 
+    async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
+        """Every run element of one session's array (``sessions show``), shaped like :meth:`fetch_runs`."""
+        rows = await self._rows(
+            self._q(
+                "SELECT s.session_id, s.user_id, s.updated_at, {run_data} AS run_data FROM {t} s"
+                " CROSS JOIN LATERAL {elems} e, LATERAL (SELECT e.value AS d OFFSET 0) AS x"
+                " WHERE s.session_id = %(sid)s{not_migrated}",
+                run_data=sql.SQL(RUN_DATA_PROJECTION),
+            ),
+            {"sid": session_id},
+        )
+        return [r for r in rows if isinstance(r["run_data"], dict)]
+
     async def ancestors(self, refs: Sequence[tuple[str, str | None]]) -> dict[str, str]:
         """run id -> its top-level run id, following ``parent_run_id`` within the runs' sessions."""
         sessions = sorted({sid for _, sid in refs if sid})

@@ -1,6 +1,6 @@
 """The Prometheus sink: which families exist, what one run adds to them, and the self-metrics.
 
-Names follow ../shared/brief/metrics.md: per model call and per tool call the OpenTelemetry GenAI
+Names follow the README's Metrics section: per model call and per tool call the OpenTelemetry GenAI
 semantic conventions (Prometheus spelling), per run and per session ``agno_``, about the exporter
 ``agno_exporter_``. ``session_id``, ``user_id`` and ``run_id`` are never labels of these families;
 they go on spans (and the trace id on exemplars).

@@ -139,3 +139,10 @@ class AgnoSource:
 
     async def sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
         return await self.runs.sessions(session_ids)
+
+    async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
+        """Rows of every run of one session, from the runs table and the legacy column (each run once)."""
+        rows = await self.runs.session_runs(session_id) if self._use_runs else []
+        if self.legacy is not None:
+            rows.extend(await self.legacy.session_runs(session_id))
+        return rows

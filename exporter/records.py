@@ -804,3 +804,67 @@ def build_session_record(row: Mapping[str, Any]) -> SessionRecord:
         totals=totals,
         cost_usd=_num(sm.get("cost"), "session_metrics.cost"),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# agno's metrics as stored, field by field (for `runs show` / `sessions show`)
+
+# agno's token fields in the order its metric classes declare them (agno/metrics.py, BaseMetrics).
+AGNO_TOKEN_FIELDS: tuple[str, ...] = (
+    "input_tokens", "output_tokens", "total_tokens", "audio_input_tokens", "audio_output_tokens",
+    "audio_total_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModelMetrics:
+    """One entry of agno's ``details[<model role>]`` (agno's ``ModelMetrics``) as stored."""
+
+    model_role: str
+    id: str
+    provider: str  # agno's own provider string, e.g. "OpenAI Chat" (not the exported label value)
+    tokens: Mapping[str, int]  # every AGNO_TOKEN_FIELDS name -> count (absent = 0, as agno stores only non-zero)
+    cost: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMetrics:
+    """agno's ``RunMetrics`` (a run's ``metrics``) or ``SessionMetrics`` (``session_data.session_metrics``)
+    as stored, under agno's own field names: what ``pprint(run_output.metrics)`` shows in agno."""
+
+    tokens: Mapping[str, int]  # every AGNO_TOKEN_FIELDS name -> count
+    cost: float | None  # US dollars, when the provider reported it
+    duration: float | None  # seconds (runs only)
+    time_to_first_token: float | None  # seconds (runs only)
+    details: tuple[StoredModelMetrics, ...]
+
+
+def stored_metrics(metrics: Any, where: str = "metrics") -> StoredMetrics:
+    """agno's stored metrics object -> :class:`StoredMetrics`; raises :class:`BadRow` like the run builder."""
+    m = _obj(metrics, where)
+    details: list[StoredModelMetrics] = []
+    for role, entries in _obj(m.get("details"), where, ".details").items():
+        for i, entry in enumerate(_list(entries, where, ".details.", role)):
+            entry = _obj(entry, where, ".details.", role, "[", i, "]")
+            details.append(StoredModelMetrics(
+                model_role=str(role), id=_str(entry.get("id")) or "", provider=_str(entry.get("provider")) or "",
+                tokens={f: _tokens(entry.get(f), where, ".details.", role, "[", i, "].", f) for f in AGNO_TOKEN_FIELDS},
+                cost=_num(entry.get("cost"), where, ".details.", role, "[", i, "].cost")))
+    return StoredMetrics(
+        tokens={f: _tokens(m.get(f), where, ".", f) for f in AGNO_TOKEN_FIELDS},
+        cost=_num(m.get("cost"), where, ".cost"),
+        duration=_num(m.get("duration"), where, ".duration"),
+        time_to_first_token=_num(m.get("time_to_first_token"), where, ".time_to_first_token"),
+        details=tuple(details),
+    )
+
+
+def run_stored_metrics(run_data: Any) -> StoredMetrics:
+    """A run's ``metrics`` (``run_data.metrics`` in agno 3.x, the array element's in 2.x)."""
+    return stored_metrics(_obj(run_data, "run_data").get("metrics"))
+
+
+def session_stored_metrics(row: Mapping[str, Any]) -> StoredMetrics:
+    """A session row's ``session_data.session_metrics``: agno's own running total of the session's runs."""
+    data = _obj(row.get("session_data"), "session_data")
+    return stored_metrics(data.get("session_metrics"), "session_data.session_metrics")

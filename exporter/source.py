@@ -286,6 +286,15 @@ class RunsSource:
             cur = await conn.execute(query, {"ids": list(session_ids)})
             return await cur.fetchall()
 
+    async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
+        """Whole rows of every run of one session, member runs included (``sessions show``); agno
+        indexes ``session_id``."""
+        query = sql.SQL("SELECT run_id FROM {t} WHERE session_id = %(sid)s").format(t=self._runs)
+        async with self.db.statement() as conn:
+            cur = await conn.execute(query, {"sid": session_id})
+            run_ids = [r["run_id"] for r in await cur.fetchall()]
+        return await self.fetch(run_ids)
+
 
 @dataclass(frozen=True, slots=True)
 class SpanCandidate:

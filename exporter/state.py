@@ -40,6 +40,22 @@ _GROWING = ("runs", "sessions", "forwarded_spans")  # the tables looked up by li
 log = logging.getLogger("agno_exporter.state")
 
 
+def not_writable(schema: str) -> str:
+    """What to do when the exporter's role may not write its state (``check`` and ``collect`` say the same)."""
+    return f"role may not create or write schema {schema!r}; point state.url (--state-url) at a Postgres it may write"
+
+
+class StateNotWritable(psycopg.Error):
+    """The state schema cannot be created or written by this role (permission denied, read-only server).
+
+    A :class:`psycopg.Error`, so every retry loop that survives database errors survives this one; the
+    collector counts it as ``reason="state"`` and says :func:`not_writable` once.
+    """
+
+    def __init__(self, schema: str, server_message: str) -> None:
+        super().__init__(f"{not_writable(schema)} (the server said: {server_message.strip()})")
+
+
 @dataclass(frozen=True, slots=True)
 class Counted:
     """A run as the state knows it."""
@@ -173,7 +189,7 @@ class PostgresState:
         assert row is not None
         if row["create_schema"] or (row["create_schema"] is None and row["create_db"]):
             return True, f"may write its state in schema {self.schema!r}"
-        return False, f"role may not create or write schema {self.schema!r}; point state.url at a Postgres it may write"
+        return False, not_writable(self.schema)
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ Prometheus's exporter-toolkit web config, see :mod:`exporter.webconfig`.
 
 from __future__ import annotations
 
+import errno
 import html
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,11 +149,41 @@ def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig
     return app
 
 
+class ListenError(Exception):
+    """An HTTP server could not bind its address. ``str()`` is one line for the user: the address, why,
+    and which flag or setting picks another (the command line prints it instead of a traceback)."""
+
+
+_BIND_REASONS = {
+    errno.EADDRINUSE: "the address is already in use (by another program, or another agno-exporter)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+    errno.EADDRNOTAVAIL: "this machine has no such address",
+}
+
+
+def listen_error(host: str, port: int, exc: OSError, change: str) -> ListenError:
+    """The one-line error for a failed bind of ``host:port``; ``change`` says how to pick another address."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        why = f"cannot resolve host {host!r} ({exc.strerror})"
+    else:
+        why = _BIND_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+    return ListenError(f"cannot listen on {shown}: {why}; {change}")
+
+
+LISTEN_HINT = "give another address with --listen HOST:PORT (or web.listen, AGNO_EXPORTER_LISTEN)"
+
+
 async def serve(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None) -> web.AppRunner:
+    """Serve ``app`` on ``host:port``; raises :class:`ListenError` when the address cannot be bound."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error(host, port, exc, LISTEN_HINT) from None
     return runner
 
 

@@ -50,7 +50,7 @@ def load_web_config(path: Path) -> WebConfig:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"{src}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"web.config_file: {src}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{src}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -1,8 +1,9 @@
 """A real Prometheus server for tests: scrapes the exporter the way production does.
 
-Starts the ``prometheus`` binary (Debian's package in CI; never skipped: a missing binary is a
-failure with a clear message) with a config and a TSDB in a temporary directory, listening on a free
-127.0.0.1 port, with exemplar storage on, scraping the given targets every ``scrape_interval``.
+Starts the ``prometheus`` binary (Debian's package: a missing binary skips the test with the install
+command as the reason, and fails it under CI, see :func:`support.system_tool`) with a config and a
+TSDB in a temporary directory, listening on a free 127.0.0.1 port, with exemplar storage on,
+scraping the given targets every ``scrape_interval``.
 :meth:`PromServer.start` waits until ``/-/ready``; :meth:`PromServer.stop` terminates the process
 and removes the directory. Queries go through the HTTP API (``/api/v1/...``) with urllib, so the
 helper works from sync code (use ``asyncio.to_thread`` from a running loop).
@@ -22,21 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from support import free_port
-
-
-class PrometheusNotFound(RuntimeError):
-    pass
+from support import free_port, system_tool
 
 
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if not path:
-        raise PrometheusNotFound(
-            "prometheus not found on PATH: install Debian's prometheus package (.ci/run does); "
-            "this test needs a real Prometheus and does not skip"
-        )
-    return path
+    """Debian's prometheus; skips the test (fails it under CI) when it is not installed. Call it first
+    in a test, before any other work."""
+    return system_tool("prometheus")
 
 
 class PromServer:

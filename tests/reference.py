@@ -1,4 +1,7 @@
-"""The real rows agno 3.1.10 and 2.9.0 wrote (../shared/reference), as test inputs."""
+"""The real rows agno 3.1.10 and 2.9.0 wrote (``tests/fixtures``, see its README), as test inputs.
+
+Everything is read from inside the repository, so a fresh clone runs the suite with nothing beside it.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,26 @@ import json
 from pathlib import Path
 from typing import Any
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def load(name: str) -> list[dict[str, Any]]:
-    path = REFERENCE / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: CI clones the repo with shared/ beside it")
+    """The rows of ``tests/fixtures/<name>`` (a JSON array of ``to_jsonb`` table rows)."""
+    path = FIXTURES / name
     data: list[dict[str, Any]] = json.loads(path.read_text())
     return data
 
 
 def runs_v3() -> list[dict[str, Any]]:
+    """agno 3.1.10's ``ai.agno_runs``: five runs (see tests/fixtures/README.md)."""
     return load("agno-3.1.10/agno_runs.json")
 
 
 def sessions_v3() -> list[dict[str, Any]]:
+    """agno 3.1.10's ``ai.agno_sessions``: the sessions of those runs, with agno's ``session_metrics``."""
     return load("agno-3.1.10/agno_sessions.json")
+
+
+def sessions_v2() -> list[dict[str, Any]]:
+    """agno 2.9.0's ``ai.agno_sessions``: one session whose ``runs`` column holds one agent run."""
+    return load("agno-2.9.0/agno_sessions.json")

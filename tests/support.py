@@ -21,8 +21,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 
 T = TypeVar("T")
+
+# Programs the suite runs that pip cannot install, and how to get them (Debian/Ubuntu).
+SYSTEM_TOOLS = {"prometheus": "apt-get install prometheus", "promtool": "apt-get install prometheus"}
 
 
 class ThreadLoop:
@@ -65,12 +69,13 @@ class PgServer:
 
     def __init__(self) -> None:
         self._embedded: Any = None
+        self._datadir: str | None = None
         url = os.environ.get("DATABASE_URL")
         if not url:
             from exporter.embedded import start_embedded
 
-            datadir = tempfile.mkdtemp(prefix="aepg-", dir="/tmp")
-            self._embedded = start_embedded(datadir)
+            self._datadir = tempfile.mkdtemp(prefix="aepg-", dir="/tmp")
+            self._embedded = start_embedded(self._datadir)
             url = self._embedded.url
         self.url = url
 
@@ -87,7 +92,9 @@ class PgServer:
 
     def stop(self) -> None:
         if self._embedded is not None:
-            self._embedded.stop()
+            self._embedded.stop()  # stops the server; its data directory stays behind
+        if self._datadir is not None:
+            shutil.rmtree(self._datadir, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -130,3 +137,17 @@ async def close_all_model_clients() -> None:
     for obj in gc.get_objects():
         if isinstance(obj, Model):
             await close_clients(obj)
+def system_tool(name: str) -> str:
+    """Path of ``name`` (a key of :data:`SYSTEM_TOOLS`) on PATH.
+
+    Missing: the test is skipped with the install command as the reason, so ``pytest -rs`` says what
+    to install. Under CI (the ``CI`` environment variable set, as ``.ci/run`` and CI services do) a
+    missing tool fails the test instead: CI must run every test, never skip one quietly.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"needs {name} on PATH: {SYSTEM_TOOLS[name]}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: in CI this test must run, not skip)", pytrace=False)
+    pytest.skip(reason)

@@ -82,6 +82,34 @@ def test_secrets_by_indirection(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "database:\n  url: !env NOPE_NOT_SET\n"), environ={})
 
 
+def test_errors_say_where_the_value_came_from(tmp_path: Path) -> None:
+    """A tag that cannot be resolved names the file, the field and the line; every one is reported, and the
+    rest of the file is still checked. A value from the environment or a flag says so."""
+    path = write(tmp_path, "database:\n  url: !env NOPE_A\nstate:\n  url: !file /nonexistent/pw\n"
+                           "scheduler:\n  jobs:\n    - name: a\n      prompt: !env NOPE_B\n"
+                           "      agent: {name: A}\n      interval: 5s\ncollector:\n  batch_size: -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={})
+    assert str(info.value).splitlines() == [
+        f"{path}: database.url: !env NOPE_A: the environment variable is not set (line 2)",
+        f"{path}: state.url: !file /nonexistent/pw: No such file or directory (line 4)",
+        f"{path}: scheduler.jobs.0.prompt: !env NOPE_B: the environment variable is not set (line 8)",
+        f"{path}: collector.batch_size: Input should be greater than or equal to 1",
+    ]
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, environ={"AGNO_EXPORTER_TRACES__FORWARD_AGNO_SPANS": "true",
+                                     "AGNO_EXPORTER_METRICS__TOP_SESSIONS": "!env NOPE_C"})
+    assert str(info.value).splitlines() == [
+        "environment variable AGNO_EXPORTER_METRICS__TOP_SESSIONS: metrics.top_sessions: !env NOPE_C: the"
+        " environment variable is not set",
+        "environment variable AGNO_EXPORTER_TRACES__FORWARD_AGNO_SPANS: traces: forward_agno_spans needs traces on:"
+        " set traces.endpoint or OTEL_EXPORTER_OTLP_ENDPOINT (and leave traces.enabled unset or true)",
+    ]
+    with pytest.raises(ConfigError, match=r"^--schema: database\.schema: 'a b' is not a plain SQL identifier"):
+        load_settings(None, environ={}, overrides={"database": {"schema": "a b"}},
+                      override_origins={("database", "schema"): "--schema"})
+
+
 def test_durations() -> None:
     assert parse_duration("250ms") == 0.25 and parse_duration("2m") == 120 and parse_duration(3) == 3.0
     assert parse_duration("1.5h") == 5400

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from agno_app import AgnoApp
-from prom_server import PromServer
+from prom_server import PromServer, prometheus_binary
 from scrape import Samples, scrape_text
 from test_collect_e2e import make_service, wait_counted
 from test_traces_e2e import stored_rows, top_level_of
@@ -31,6 +31,8 @@ def exemplars_by_series(result: list[dict[str, Any]]) -> dict[str, list[tuple[st
 
 
 def test_prometheus_stores_exemplars_naming_the_runs_traces(db_url: str, sim_url: str) -> None:
+    prometheus_binary()  # before any work: a missing prometheus skips at once
+
     async def main() -> None:
         service = make_service(db_url)
         await service.start()

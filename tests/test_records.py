@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import pytest
-from reference import runs_v3, sessions_v3
+from reference import runs_v3, sessions_v2, sessions_v3
 
 from exporter.records import BadRow, TokenAnomaly, build_run_record, build_session_record, provider_name
 
@@ -164,3 +164,18 @@ def test_workflow_tokens_come_from_step_rows() -> None:
     )
     assert (r.run_type, r.name, r.duration) == ("workflow", "Pipeline", 3.5)
     assert r.tokens == () and r.workflow_step_names == ("research", "write")
+
+
+def test_agno2_session_run_element() -> None:
+    """agno 2.9's layout: the run is an element of the session's ``runs`` array; the legacy reader hands it
+    over as ``run_data`` beside the session's columns (``LegacySource.fetch_runs``)."""
+    (session,) = sessions_v2()
+    (element,) = session["runs"]
+    row = {"session_id": session["session_id"], "user_id": session["user_id"], "updated_at": session["updated_at"]}
+    r = build_run_record(row, element)
+    assert (r.run_id, r.status, r.run_type, r.session_id) == (element["run_id"], "COMPLETED", "agent",
+                                                              session["session_id"])
+    metrics = element["metrics"]
+    assert (r.totals["input"], r.totals["output"]) == (metrics["input_tokens"], metrics["output_tokens"])
+    stored = build_session_record(session)
+    assert stored.totals["input"] + stored.totals["output"] == metrics["total_tokens"]

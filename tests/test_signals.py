@@ -83,7 +83,7 @@ def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: st
 
 
 def test_concurrent_runs_of_one_session_make_agnos_session_totals_disagree(db_url: str, sim_url: str) -> None:
-    """The trap in ../shared/reference: agno's stored session totals lose updates under concurrency."""
+    """The trap in tests/fixtures/README.md: agno's stored session totals lose updates under concurrency."""
     import uuid
 
     from agno_app import AgnoApp

@@ -44,7 +44,7 @@ from agno.models.openai import OpenAIChat
 from agno_app import AgnoApp
 from aiohttp import web
 from otlp_receiver import OtlpReceiver
-from prom_server import PromServer, free_port
+from prom_server import PromServer, free_port, prometheus_binary
 from test_collect_e2e import make_service, wait_counted
 from test_exposition import promtool
 
@@ -619,6 +619,8 @@ def finite(result: list[dict[str, Any]]) -> bool:
 
 @pytest.mark.slow
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(db_url: str, sim_url: str) -> None:
+    prometheus_binary()  # before any work: a missing prometheus skips at once
+
     async def main() -> None:
         app = AgnoApp(db_url, sim_url)
         rx = OtlpReceiver()

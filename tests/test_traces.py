@@ -49,7 +49,6 @@ US = 1_000  # one microsecond in ns: the resolution of agno's float epoch second
 
 @pytest.fixture(scope="module")
 def rows() -> dict[str, dict[str, Any]]:
-    # reference.load raises (never skips) with the path when ../shared/reference is missing
     return {row["run_id"]: row for row in runs_v3()}
 
 
