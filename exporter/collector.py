@@ -29,7 +29,7 @@ from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
 from .readers import AgnoSource, Reader
-from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label, row_run_id
+from .records import BadRow, RunRecord, build_run_record, build_session_record, row_run_id
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, Snapshot
 from .state import PostgresState
@@ -177,7 +177,7 @@ class RunCollector:
             self._top_at = snap.now
         await self._check_sessions(snap.now)
         self.open_runs = [
-            (r["run_type"] or "", clean_label(r["name"], "unnamed", []), r["status"], int(r["n"]), int(r["stuck"]),
+            (r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
              max(0.0, snap.now - float(r["oldest"] or snap.now)))
             for r in await self.source.open_runs(snap.now, self.opts.stuck_after)
         ]

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .db import Database
 from .legacy import LegacySource
-from .source import Layout, Page, RunsSource, Snapshot, discover
+from .source import Layout, Page, RunsSource, Snapshot, discover, group_open_runs
 
 log = logging.getLogger("agno_exporter.source")
 
@@ -115,19 +115,10 @@ class AgnoSource:
         return roots
 
     async def open_runs(self, now: float, stuck_after: float) -> list[dict[str, Any]]:
-        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
         parts = await self.runs.open_runs(now, stuck_after) if self._use_runs else []
         if self.legacy is not None:
             parts = [*parts, *await self.legacy.open_runs(now, stuck_after, LEGACY_OPEN_WINDOW)]
-        for r in parts:
-            key = (r["run_type"] or "", r["name"] or "", r["status"])
-            g = groups.setdefault(key, {"run_type": key[0], "name": key[1], "status": key[2], "n": 0, "stuck": 0,
-                                        "oldest": None})
-            g["n"] += int(r["n"])
-            g["stuck"] += int(r["stuck"])
-            if r["oldest"] is not None:
-                g["oldest"] = r["oldest"] if g["oldest"] is None else min(g["oldest"], r["oldest"])
-        return sorted(groups.values(), key=lambda g: -g["n"])
+        return group_open_runs(parts)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         counts = await self.runs.session_run_counts(session_ids) if self._use_runs else {}

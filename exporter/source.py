@@ -13,14 +13,14 @@ in a final status whose ``updated_at`` is at or after the low watermark, listed 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 
 from .db import Database
-from .records import FINAL_STATUSES
+from .records import FINAL_STATUSES, IDENTITY_KEYS, run_identity
 
 _FINAL = sorted(FINAL_STATUSES)
 
@@ -67,6 +67,23 @@ class Layout:
             legacy = " with a legacy runs column (agno 2.x)" if self.sessions_has_runs else ""
             parts.append(f"{self.schema}.{self.sessions_table}{legacy}")
         return ", ".join(parts) or f"no agno tables in schema {self.schema!r}"
+
+
+def group_open_runs(rows: Iterable[Mapping[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """Add up in-progress counts (``n``, ``stuck``, ``oldest`` created_at) per (run_type, name label,
+    status), largest first: the shape of the ``agno_runs_in_progress`` gauges."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["run_type"] or "", r["name"] or "", r["status"])
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {"run_type": key[0], "name": key[1], "status": key[2], "n": 0, "stuck": 0,
+                               "oldest": None}
+        g["n"] += int(r["n"])
+        g["stuck"] += int(r["stuck"])
+        if r["oldest"] is not None:
+            g["oldest"] = r["oldest"] if g["oldest"] is None else min(g["oldest"], r["oldest"])
+    return sorted(groups.values(), key=lambda g: -g["n"])[:limit]
 
 
 async def take_snapshot(db: Database) -> Snapshot:
@@ -126,6 +143,12 @@ RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb
      'metrics', t->'metrics', 'child_run_id', t->'child_run_id') END ORDER BY i), '[]')
    FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END) END"""
 
+def identity_projection(column: str) -> sql.Composed:
+    """The :data:`~exporter.records.IDENTITY_KEYS` of a run's JSON in ``column``, as one small object."""
+    return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+        sql.SQL("{}, {}->{}").format(sql.Literal(k), sql.SQL(column), sql.Literal(k)) for k in IDENTITY_KEYS))
+
+
 RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id",
                "parent_run_id", "status", "created_at", "updated_at")
 
@@ -142,7 +165,8 @@ class RunsSource:
         self._runs = sql.Identifier(schema, runs_table)
         self._sessions = sql.Identifier(schema, sessions_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
-        self._open_names: dict[str, str] = {}  # run id -> name, of the runs open at the last poll
+        # run id -> (run type, name label), of the runs open at the last poll
+        self._open_names: dict[str, tuple[str, str]] = {}
 
     async def discover(self) -> Layout:
         return await discover(self.db, self.schema, self.runs_table, self.sessions_table)
@@ -227,39 +251,31 @@ class RunsSource:
 
         agno indexes ``status``, so this reads only the open runs, whatever the table size. Their
         names live in run_data; a run's name never changes, so it is read once per run (and forgotten
-        when the run is no longer open): polls read no JSON unless a new run has started.
+        when the run is no longer open): polls read no JSON unless a new run has started. ``name`` is
+        the label (:func:`exporter.records.run_label`).
         """
         async with self.db.statement() as conn:
             cur = await conn.execute(
-                sql.SQL("SELECT run_id, run_type, status, created_at FROM {t} WHERE status = ANY(%(open)s)").format(
+                sql.SQL("SELECT run_id, status, created_at FROM {t} WHERE status = ANY(%(open)s)").format(
                     t=self._runs), {"open": ["PENDING", "RUNNING"]})
             rows = await cur.fetchall()
             names = {r["run_id"]: self._open_names[r["run_id"]] for r in rows if r["run_id"] in self._open_names}
             missing = [r["run_id"] for r in rows if r["run_id"] not in names]
             if missing:
                 cur = await conn.execute(sql.SQL(
-                    "SELECT run_id, coalesce(run_data->>'agent_name', run_data->>'team_name',"
-                    " run_data->>'workflow_name', agent_id, team_id, workflow_id, '') AS name"
-                    " FROM {t} WHERE run_id = ANY(%(ids)b)").format(t=self._runs), {"ids": missing})
-                names.update((r["run_id"], r["name"]) for r in await cur.fetchall())
+                    "SELECT run_id, run_type, agent_id, team_id, workflow_id, {ident} AS run_data"
+                    " FROM {t} WHERE run_id = ANY(%(ids)b)").format(
+                        t=self._runs, ident=identity_projection("run_data")), {"ids": missing})
+                for r in await cur.fetchall():
+                    run_type, _, name = run_identity(r, r["run_data"] or {})
+                    names[r["run_id"]] = (run_type, name)
         self._open_names = names
         cutoff = int(now - stuck_after)
-        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for r in rows:
-            name = names.get(r["run_id"])
-            if name is None:  # deleted between the two reads
-                continue
-            key = (r["run_type"], name, r["status"])
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = {"run_type": key[0], "name": name, "status": key[2], "n": 0, "stuck": 0,
-                                   "oldest": None}
-            g["n"] += 1
-            created = r["created_at"]
-            if created is not None:
-                g["stuck"] += created < cutoff
-                g["oldest"] = created if g["oldest"] is None else min(g["oldest"], created)
-        return sorted(groups.values(), key=lambda g: -g["n"])[:limit]
+        return group_open_runs(
+            ({"run_type": names[r["run_id"]][0], "name": names[r["run_id"]][1], "status": r["status"], "n": 1,
+              "stuck": int(r["created_at"] is not None and r["created_at"] < cutoff), "oldest": r["created_at"]}
+             for r in rows if r["run_id"] in names),  # not there: deleted between the two reads
+            limit)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """session id -> (finished runs, open runs) in agno's table (session_id is indexed by agno)."""
