@@ -144,16 +144,18 @@ class RunCollector:
         result = PollResult()
         snap = await self.source.snapshot()
         readers = await self.source.refresh()
+        if not readers:
+            # agno creates its tables on first use: an app that has not run yet is not an error (the
+            # source says so every few minutes, agno_exporter_tables says 0).
+            return result
         try:
-            if not readers:
-                raise psycopg.errors.UndefinedTable(f"no agno tables in schema {self.source.schema!r}")
             for reader in readers:
                 await self._read(reader, await self._watermark(reader), snap, result)
-        except psycopg.errors.UndefinedTable:
-            # agno creates its tables on first use: an app that has not run yet is not an error.
+        except psycopg.errors.UndefinedTable as exc:
+            # A table dropped (or a forced table missing) under us: look again next poll.
             if not self._waiting_logged:
-                log.warning("no agno runs table or legacy runs column in schema %r yet: waiting for agno to"
-                            " create them", self.source.schema)
+                log.warning("an agno table is gone or not there yet (%s): looking for agno's tables again",
+                            str(exc).strip().splitlines()[0])
                 self._waiting_logged = True
             await self.source.refresh(force=True)
             return result
@@ -192,7 +194,7 @@ class RunCollector:
         ids that chunk just counted; it only saves fetches: the commit's insert of the run ids is
         what keeps each run counted once.
         """
-        if wm.low == 0.0 and not self.opts.backfill:
+        if wm.low == 0.0 and not self.opts.backfill and not reader.appeared:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
             return
         ready: _Loaded | None = None  # fetched and parsed, waiting for its commit

@@ -17,8 +17,7 @@ def _source(settings: Settings) -> AgnoSource:
     if settings.database.url is None:
         raise SystemExit("database.url: not set (use --db-url or DATABASE_URL)")
     db = Database(ConnectOptions(settings.database.url.get_secret_value(), read_only=True))
-    return AgnoSource(db, settings.database.schema_name, settings.database.runs_table_name,
-                      settings.database.session_table, settings.database.layout)
+    return AgnoSource.from_settings(db, settings.database, quiet=True)
 
 
 async def show_run(settings: Settings, run_id: str, out: TextIO) -> int:
@@ -29,7 +28,7 @@ async def show_run(settings: Settings, run_id: str, out: TextIO) -> int:
     finally:
         await source.db.close()
     if not rows:
-        print(f"no run {run_id} in {source.key}", file=out)
+        print(f"no run {run_id} in {source.describe_reading()}", file=out)
         return 1
     try:
         r = build_run_record(rows[0], rows[0].get("run_data"))
@@ -63,6 +62,7 @@ async def show_run(settings: Settings, run_id: str, out: TextIO) -> int:
 async def show_session(settings: Settings, session_id: str, out: TextIO) -> int:
     source = _source(settings)
     try:
+        await source.refresh(force=True)
         rows = await source.sessions([session_id])
     finally:
         await source.db.close()

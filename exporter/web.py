@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -27,6 +27,8 @@ class Health:
 
     ready: Callable[[], bool]
     detail: Callable[[], dict[str, str]]
+    # (table, what is done with it): agno's tables read, and those found but not read (other schemas too)
+    tables: Callable[[], Sequence[tuple[str, str]]] = field(default=lambda: ())
 
 
 def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig | None = None) -> web.Application:
@@ -59,7 +61,7 @@ def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig
             "<p>Prometheus metrics and OpenTelemetry spans for Agno agents, read from agno's Postgres.</p>"
             "<ul><li><a href='metrics'>/metrics</a></li><li><a href='healthz'>/healthz</a></li>"
             "<li><a href='readyz'>/readyz</a></li></ul>"
-            f"<table>{rows}</table></body></html>"
+            f"<table>{rows}</table>{_tables_section(health.tables())}</body></html>"
         )
         return web.Response(text=page, content_type="text/html")
 
@@ -68,6 +70,14 @@ def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", index)
     return app
+
+
+def _tables_section(tables: Sequence[tuple[str, str]]) -> str:
+    """Where agno's data is: the tables read, and agno tables found but not read (with why)."""
+    if not tables:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(what)}</td></tr>" for t, what in tables)
+    return f"<h2>agno tables</h2><table>{rows}</table>"
 
 
 async def serve(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None) -> web.AppRunner:
