@@ -114,8 +114,27 @@ async def cmd_create_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     d = settings.database
     opts = ConnectOptions(database_url(settings), d.application_name, d.statement_timeout, d.connect_timeout)
-    print(await create_index(opts, d.schema_name, d.runs_table_name))
+    for table in await _runs_tables(opts, settings):
+        print(await create_index(opts, d.schema_name, table))
     return 0
+
+
+async def _runs_tables(opts: Any, settings: Settings) -> list[str]:
+    """The runs tables the collector reads (every one of the schema unless database.session_table or
+    runs_table names one); the configured name when none is found, so the error names it."""
+    from .db import ConnectOptions, Database
+    from .source import discover
+
+    d = settings.database
+    if d.tables_explicit:
+        return [d.runs_table_name]
+    db = Database(ConnectOptions(opts.url, opts.application_name, opts.statement_timeout, opts.connect_timeout,
+                                 read_only=True))
+    try:
+        layout = await discover(db, d.schema_name)
+    finally:
+        await db.close()
+    return [p.runs_table for p in layout.pairs if p.runs_table] or [d.runs_table_name]
 
 
 async def cmd_simulate_llm(args: argparse.Namespace) -> int:
@@ -171,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check", help="validate the config, connect, report agno's tables and the state")
     common(sp, listen=False)
     sp.set_defaults(func=cmd_check)
-    sp = sub.add_parser("create-index", help="opt in: index agno's runs table on updated_at (CREATE INDEX "
+    sp = sub.add_parser("create-index", help="opt in: index agno's runs tables on updated_at (CREATE INDEX "
                         "CONCURRENTLY) so a poll costs the same at any table size")
     common(sp, listen=False)
     sp.set_defaults(func=cmd_create_index)
