@@ -37,7 +37,8 @@ class LegacySource:
 
     def __init__(self, db: Database, schema: str, sessions_table: str, runs_table: str | None) -> None:
         self.db = db
-        self.key = f"{schema}.{sessions_table}.runs"  # its cursor's name in the state
+        self.table = f"{schema}.{sessions_table}"
+        self.key = f"{self.table}.runs"  # its cursor's name in the state
         self.runs_table = runs_table
         self.appeared = False  # the column's runs appeared while the exporter ran (see AgnoSource.refresh)
         # jsonb in agno 2.x; the cast also accepts a json column, and anything but an array counts as empty

@@ -191,11 +191,8 @@ class AgnoSource:
         """(table, what the exporter does with it) for every agno table it knows of, for the landing page."""
         if self.layout is None:
             return []
-        read = {r.key: r for r in self.readers}
-        out: list[tuple[str, str]] = []
-        for key, reader in read.items():
-            what = "agno 2.x runs column" if isinstance(reader, LegacySource) else "agno 3.x runs table"
-            out.append((key.removesuffix(".runs"), f"read ({what})"))
+        out = [(f"{self.schema}.{r.runs_table}", "read (agno 3.x runs table)") for r in self._runs]
+        out += [(r.table, "read (its agno 2.x runs column)") for r in self._legacy]
         layout = self.everywhere or self.layout
         out += [(t.qualified, f"not read: {why}") for t, why in layout.unread]
         return out

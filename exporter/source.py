@@ -1,7 +1,10 @@
 """Reading agno's tables: discovery, the poll snapshot, candidate runs, the runs themselves, and the
 spans agno's own tracing writes (:class:`SpansSource`).
 
-All SQL against agno's schema lives here. Identifiers from config are always quoted. Each read is
+agno's tables are found by their columns, whatever their names (:func:`discover`): an app's
+``PostgresDb(session_table=...)`` names them, and a database often holds several apps' tables.
+
+All SQL against agno's schema lives here. Identifiers from config or the catalog are always quoted. Each read is
 one statement on a read-only connection (atomic by itself, so no BEGIN/COMMIT round trips), short,
 so the exporter never holds back vacuum on the app's database.
 
