@@ -263,18 +263,20 @@ class AgnoSource:
 def nothing_to_read(layout: Layout, explicit: bool, runs_table: str, sessions_table: str) -> str:
     """Why no agno table is read, and where agno's data is, for logs, `check` and the landing page."""
     schema = layout.schema
+    here = [(t, why) for t, why in layout.unread if t.schema == schema]
     if explicit:
-        text = (f"no agno table {schema}.{runs_table} or {schema}.{sessions_table} (database.session_table /"
-                " database.runs_table)")
-        others = [t for t, _ in layout.unread if t.schema == schema]
+        text = (f"no agno table {schema}.{runs_table} or {schema}.{sessions_table} to read (database.session_table"
+                " / database.runs_table)")
+        others = [t for t, _ in here if t.name not in (runs_table, sessions_table)]
         if others:
             text += (f"; agno tables in schema {schema!r}: {', '.join(t.describe() for t in others)}"
                      " (leave database.session_table and database.runs_table unset to read them all)")
     else:
         text = f"no agno tables in schema {schema!r}"
-        unreadable = [t for t, _ in layout.unread if t.schema == schema and not t.readable]
-        if unreadable:
-            text += f"; found but not readable by this role: {', '.join(t.qualified for t in unreadable)}"
+    unreadable = [t for t, _ in here if not t.readable and (not explicit or t.name in (runs_table, sessions_table))]
+    if unreadable:
+        text += (f"; found but not readable by this role: {', '.join(t.qualified for t in unreadable)}"
+                 " (GRANT SELECT on them)")
     elsewhere = layout.elsewhere()
     if elsewhere:
         schemas = sorted({t.schema for t in elsewhere})

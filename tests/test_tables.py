@@ -30,7 +30,8 @@ from test_readonly_role import as_user
 from truth import assert_matches_agno, run_truth
 
 from exporter.db import ConnectOptions, Database
-from exporter.readers import AgnoSource
+from exporter.readers import AgnoSource, nothing_to_read
+from exporter.source import FoundTable, Layout, TablePair, pair_tables
 
 COOKBOOK = "bg_metrics_sessions"  # the seed cookbook's session_table
 
@@ -77,6 +78,52 @@ async def write_cookbook_app(db_url: str, sim_url: str, session_table: str = COO
         return truth, sessions
     finally:
         await app.close()
+
+
+def found(name: str, kind: str = "runs", **kw: Any) -> FoundTable:
+    return FoundTable("ai", name, kind, **kw)
+
+
+def test_a_runs_table_pairs_with_the_session_table_it_references_else_by_name() -> None:
+    tables = [found("agno_runs", sessions_fk="agno_sessions"), found("agno_sessions", "sessions"),
+              found("bg_metrics_sessions_runs"), found("bg_metrics_sessions", "sessions"),  # agno 3.0: no FK
+              found("custom_runs", sessions_fk="support"), found("support", "sessions"),  # PostgresDb(runs_table=...)
+              found("orphan_runs"),  # its session table is gone
+              found("legacy", "sessions", runs_column=True),  # agno 2.x, no runs table
+              found("fresh", "sessions")]  # agno 3.x session table whose runs table agno has not created yet
+    pairs, unread = pair_tables(tables)
+    assert pairs == [TablePair("agno_runs", "agno_sessions"),
+                     TablePair("bg_metrics_sessions_runs", "bg_metrics_sessions"),
+                     TablePair("custom_runs", "support"), TablePair("orphan_runs", None),
+                     TablePair(None, "legacy", False, True)]
+    assert unread == []
+
+
+def test_named_tables_only_and_unreadable_ones_left_out_with_why() -> None:
+    tables = [found("agno_runs", sessions_fk="agno_sessions"), found("agno_sessions", "sessions"),
+              found("app_sessions_runs", sessions_fk="app_sessions", readable=False),
+              found("app_sessions", "sessions")]
+    pairs, unread = pair_tables(tables)
+    assert pairs == [TablePair("agno_runs", "agno_sessions")]
+    assert [(t.name, why) for t, why in unread] == [
+        ("app_sessions_runs", "no SELECT privilege (GRANT SELECT ON ai.app_sessions_runs TO <role>)")]
+    pairs, unread = pair_tables(tables, only=("app_sessions_runs", "app_sessions"))
+    assert pairs == [TablePair(None, "app_sessions")]
+    assert {t.name for t, _ in unread} == {"agno_runs", "agno_sessions", "app_sessions_runs"}
+
+
+def test_nothing_to_read_says_what_is_there() -> None:
+    here = found("agno_runs", readable=False)
+    there = FoundTable("app", "agno_runs", "runs")
+    layout = Layout("ai", (), ((here, "no SELECT privilege"), (there, "schema 'app'")))
+    assert nothing_to_read(layout, False, "agno_runs", "agno_sessions") == (
+        "no agno tables in schema 'ai'; found but not readable by this role: ai.agno_runs (GRANT SELECT on them);"
+        " found app.agno_runs (agno 3.x runs table): set database.schema to 'app'")
+    named = Layout("ai", (), ((found("agno_runs"), "not named"), (found("my_runs", readable=False), "no SELECT")))
+    assert nothing_to_read(named, True, "my_runs", "my") == (
+        "no agno table ai.my_runs or ai.my to read (database.session_table / database.runs_table); agno tables in"
+        " schema 'ai': ai.agno_runs (agno 3.x runs table) (leave database.session_table and database.runs_table"
+        " unset to read them all); found but not readable by this role: ai.my_runs (GRANT SELECT on them)")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -213,7 +260,7 @@ def test_a_schema_typo_is_visible_where_operators_look(db_url: str, sim_url: str
     # An app's custom session_table named in the config, while its app writes agno's default tables.
     proc = cli("check", "--db-url", db_url, env={"AGNO_EXPORTER_DATABASE__SESSION_TABLE": COOKBOOK})
     assert proc.returncode == 1, proc.stdout
-    assert (f"[FAIL] database: no agno table ai.{COOKBOOK}_runs or ai.{COOKBOOK} (database.session_table /"
+    assert (f"[FAIL] database: no agno table ai.{COOKBOOK}_runs or ai.{COOKBOOK} to read (database.session_table /"
             " database.runs_table); agno tables in schema 'ai': ai.agno_runs (agno 3.x runs table),"
             " ai.agno_sessions (agno session table) (leave database.session_table and database.runs_table unset"
             " to read them all)\n") in proc.stdout, proc.stdout
