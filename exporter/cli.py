@@ -114,22 +114,23 @@ async def cmd_create_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     d = settings.database
     opts = ConnectOptions(database_url(settings), d.application_name, d.statement_timeout, d.connect_timeout)
-    for table in await _runs_tables(opts, settings):
+    for table in await _runs_tables(settings):
         print(await create_index(opts, d.schema_name, table))
     return 0
 
 
-async def _runs_tables(opts: Any, settings: Settings) -> list[str]:
+async def _runs_tables(settings: Settings) -> list[str]:
     """The runs tables the collector reads (every one of the schema unless database.session_table or
     runs_table names one); the configured name when none is found, so the error names it."""
     from .db import ConnectOptions, Database
+    from .service import database_url
     from .source import discover
 
     d = settings.database
     if d.tables_explicit:
         return [d.runs_table_name]
-    db = Database(ConnectOptions(opts.url, opts.application_name, opts.statement_timeout, opts.connect_timeout,
-                                 read_only=True))
+    db = Database(ConnectOptions(database_url(settings), d.application_name, d.statement_timeout,
+                                 d.connect_timeout, read_only=True))
     try:
         layout = await discover(db, d.schema_name)
     finally:
