@@ -144,6 +144,12 @@ def test_the_cookbooks_table_is_found_without_configuration(db_url: str, sim_url
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (f"[ok] agno layout v3: ai.{COOKBOOK}_runs (agno 3.x runs table), ai.{COOKBOOK}\n"
             in proc.stdout), proc.stdout
+    # runs show / sessions show find them too
+    run = truth[0]
+    proc = cli("runs", "show", run["run_id"], "--db-url", db_url)
+    assert proc.returncode == 0 and run["run_id"] in proc.stdout and "BackgroundMetricsAgent" in proc.stdout, proc
+    proc = cli("sessions", "show", run["session_id"], "--db-url", db_url)
+    assert proc.returncode == 0 and run["session_id"] in proc.stdout, proc
 
     async def main() -> Samples:
         service = make_service(db_url)
