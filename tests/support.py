@@ -65,12 +65,13 @@ class PgServer:
 
     def __init__(self) -> None:
         self._embedded: Any = None
+        self._datadir: str | None = None
         url = os.environ.get("DATABASE_URL")
         if not url:
             from exporter.embedded import start_embedded
 
-            datadir = tempfile.mkdtemp(prefix="aepg-", dir="/tmp")
-            self._embedded = start_embedded(datadir)
+            self._datadir = tempfile.mkdtemp(prefix="aepg-", dir="/tmp")
+            self._embedded = start_embedded(self._datadir)
             url = self._embedded.url
         self.url = url
 
@@ -87,7 +88,9 @@ class PgServer:
 
     def stop(self) -> None:
         if self._embedded is not None:
-            self._embedded.stop()
+            self._embedded.stop()  # stops the server and leaves its data directory (54 MB a session)
+        if self._datadir is not None:
+            shutil.rmtree(self._datadir, ignore_errors=True)
 
 
 def free_port() -> int:
