@@ -11,6 +11,7 @@ import psycopg
 
 from .config import Settings
 from .db import ConnectOptions, Database, redact
+from .readers import nothing_to_read
 from .source import SpansSource, discover
 from .state import PostgresState
 
@@ -33,20 +34,29 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     try:
         conn = await db.conn()
         say("ok", f"connected to {redact(url)} (PostgreSQL {conn.info.server_version // 10000})")
-        layout = await discover(db, settings.database.schema_name, settings.database.runs_table_name,
-                                settings.database.session_table)
-        forced = settings.database.layout
-        if layout.version == "none":
-            say("FAIL", f"database: {layout.describe()} (check database.schema / database.session_table)")
+        d = settings.database
+        only = (d.runs_table_name, d.session_table) if d.tables_explicit else None
+        layout = await discover(db, d.schema_name, only, everywhere=True)
+        forced = d.layout
+        if not layout.pairs:
+            say("FAIL", f"database: {nothing_to_read(layout, d.tables_explicit, d.runs_table_name, d.session_table)}")
             ok = False
         else:
-            say("ok", f"agno layout {layout.version}: {layout.describe()}")
+            for pair in layout.pairs:
+                say("ok", f"agno layout {pair.version}: {pair.describe(d.schema_name)}")
+                if pair.version == "mixed" and forced in ("auto", "mixed"):
+                    say("ok", "mid-migration database: both are read; a run found in both counts once"
+                              " (the runs table wins)")
             if forced != "auto" and forced != layout.version:
                 say("warn", f"database.layout is {forced!r} but the database looks {layout.version!r}:"
                             f" reading {LAYOUT_READS[forced]} as configured")
-            elif layout.version == "mixed":
-                say("ok", "mid-migration database: both are read; a run found in both counts once"
-                          " (the runs table wins)")
+            for table, why in layout.unread:
+                if table.schema == d.schema_name:
+                    say("warn" if not table.readable else "--", f"not read: {table.describe()}: {why}")
+            elsewhere = layout.elsewhere()
+            if elsewhere:
+                say("--", f"agno tables in other schemas, not read (database.schema is {d.schema_name!r}): "
+                          + ", ".join(t.describe() for t in elsewhere))
         say(*await _tracing_tables(settings, db))
     except psycopg.Error as exc:
         say("FAIL", f"database.url: cannot connect or read: {redact(str(exc), url).strip()}")

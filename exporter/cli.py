@@ -141,8 +141,28 @@ async def cmd_create_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     d = settings.database
     opts = ConnectOptions(database_url(settings), d.application_name, d.statement_timeout, d.connect_timeout)
-    print(await create_index(opts, d.schema_name, d.runs_table_name))
+    for table in await _runs_tables(settings):
+        print(await create_index(opts, d.schema_name, table))
     return 0
+
+
+async def _runs_tables(settings: Settings) -> list[str]:
+    """The runs tables the collector reads (every one of the schema unless database.session_table or
+    runs_table names one); the configured name when none is found, so the error names it."""
+    from .db import ConnectOptions, Database
+    from .service import database_url
+    from .source import discover
+
+    d = settings.database
+    if d.tables_explicit:
+        return [d.runs_table_name]
+    db = Database(ConnectOptions(database_url(settings), d.application_name, d.statement_timeout,
+                                 d.connect_timeout, read_only=True))
+    try:
+        layout = await discover(db, d.schema_name)
+    finally:
+        await db.close()
+    return [p.runs_table for p in layout.pairs if p.runs_table] or [d.runs_table_name]
 
 
 async def cmd_simulate_llm(args: argparse.Namespace) -> int:
@@ -291,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     _server_flags(sp)
     sp.set_defaults(func=cmd_check)
 
-    sp = command("create-index", "add an index on (updated_at, run_id) to agno's runs table, built without "
+    sp = command("create-index", "add an index on (updated_at, run_id) to each agno runs table read, built without "
                  "blocking agno, so each poll stays fast however large the table grows (needs the table's owner)")
     _database_flags(sp)
     sp.set_defaults(func=cmd_create_index)

@@ -29,7 +29,7 @@ from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
 from .readers import AgnoSource, Reader
-from .records import BadRow, RunRecord, build_run_record, build_session_record, clean_label, row_run_id
+from .records import BadRow, RunRecord, build_run_record, build_session_record, row_run_id
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, Snapshot
 from .state import PostgresState, StateNotWritable
@@ -158,16 +158,18 @@ class RunCollector:
         result = PollResult()
         snap = await self.source.snapshot()
         readers = await self.source.refresh()
+        if not readers:
+            # agno creates its tables on first use: an app that has not run yet is not an error (the
+            # source says so every few minutes, agno_exporter_tables says 0).
+            return result
         try:
-            if not readers:
-                raise psycopg.errors.UndefinedTable(f"no agno tables in schema {self.source.schema!r}")
             for reader in readers:
                 await self._read(reader, await self._watermark(reader), snap, result)
-        except psycopg.errors.UndefinedTable:
-            # agno creates its tables on first use: an app that has not run yet is not an error.
+        except psycopg.errors.UndefinedTable as exc:
+            # A table dropped (or a forced table missing) under us: look again next poll.
             if not self._waiting_logged:
-                log.warning("no agno runs table or legacy runs column in schema %r yet: waiting for agno to"
-                            " create them", self.source.schema)
+                log.warning("an agno table is gone or not there yet (%s): looking for agno's tables again",
+                            str(exc).strip().splitlines()[0])
                 self._waiting_logged = True
             await self.source.refresh(force=True)
             return result
@@ -191,7 +193,7 @@ class RunCollector:
             self._top_at = snap.now
         await self._check_sessions(snap.now)
         self.open_runs = [
-            (r["run_type"] or "", clean_label(r["name"], "unnamed", []), r["status"], int(r["n"]), int(r["stuck"]),
+            (r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
              max(0.0, snap.now - float(r["oldest"] or snap.now)))
             for r in await self.source.open_runs(snap.now, self.opts.stuck_after)
         ]
@@ -206,7 +208,7 @@ class RunCollector:
         ids that chunk just counted; it only saves fetches: the commit's insert of the run ids is
         what keeps each run counted once.
         """
-        if wm.low == 0.0 and not self.opts.backfill:
+        if wm.low == 0.0 and not self.opts.backfill and not reader.appeared:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
             return
         ready: _Loaded | None = None  # fetched and parsed, waiting for its commit

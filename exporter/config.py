@@ -99,6 +99,12 @@ class DatabaseSettings(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @property
+    def tables_explicit(self) -> bool:
+        """``session_table`` or ``runs_table`` set (even to agno's default): read only those tables,
+        instead of every agno table found in the schema."""
+        return bool({"session_table", "runs_table"} & self.model_fields_set)
+
+    @property
     def runs_table_name(self) -> str:
         if self.runs_table:
             return self.runs_table
@@ -110,6 +116,9 @@ class DatabaseSettings(_Strict):
 class CollectorSettings(_Strict):
     enabled: bool = True
     poll_interval: Duration = 5.0
+    # How often agno's tables are looked for again (a new app's table, a migration); every poll while
+    # none is found.
+    discovery_interval: Duration = 300.0
     batch_size: int = Field(default=500, ge=1, le=100_000)
     # How far an app host's clock (agno writes updated_at from it) may be behind the database's.
     clock_skew: Duration = 10.0
@@ -127,6 +136,13 @@ class CollectorSettings(_Strict):
     def _positive(cls, v: float) -> float:
         if v < 0.05:
             raise ValueError("must be at least 50ms")
+        return v
+
+    @field_validator("discovery_interval")
+    @classmethod
+    def _discovery(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("must be at least 1s")
         return v
 
 

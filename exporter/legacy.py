@@ -24,8 +24,8 @@ from typing import Any
 from psycopg import sql
 
 from .db import Database
-from .records import FINAL_STATUSES
-from .source import RUN_DATA_PROJECTION, Candidate, Page
+from .records import FINAL_STATUSES, run_identity
+from .source import RUN_DATA_PROJECTION, Candidate, Page, group_open_runs, identity_projection
 
 _FINAL = sorted(FINAL_STATUSES)
 _OPEN = ["PENDING", "RUNNING"]
@@ -37,7 +37,10 @@ class LegacySource:
 
     def __init__(self, db: Database, schema: str, sessions_table: str, runs_table: str | None) -> None:
         self.db = db
-        self.key = f"{schema}.{sessions_table}.runs"
+        self.table = f"{schema}.{sessions_table}"
+        self.key = f"{self.table}.runs"  # its cursor's name in the state
+        self.runs_table = runs_table
+        self.appeared = False  # the column's runs appeared while the exporter ran (see AgnoSource.refresh)
         # jsonb in agno 2.x; the cast also accepts a json column, and anything but an array counts as empty
         elems = sql.SQL(
             "jsonb_array_elements(CASE WHEN jsonb_typeof(s.runs::jsonb) = 'array' THEN s.runs::jsonb"
@@ -152,26 +155,26 @@ class LegacySource:
         return out
 
     async def open_runs(self, now: float, stuck_after: float, window: float, limit: int = 1000) -> list[dict[str, Any]]:
-        """PENDING/RUNNING runs in sessions saved within ``window``, grouped like RunsSource.open_runs.
+        """PENDING/RUNNING runs in sessions saved within ``window``, grouped like RunsSource.open_runs
+        (by agno's names and ids in SQL, then by label, :func:`exporter.records.run_identity`: the runs
+        of unnamed agents, one id per instance, add up under one label).
 
         Finding them means reading the arrays, so only recently saved sessions are looked at: a run
         left RUNNING in a session nobody saved for longer than ``window`` drops out of the gauge.
         """
         created = "CASE WHEN e.value->>'created_at' ~ '^[0-9]+([.][0-9]*)?$' THEN (e.value->>'created_at')::numeric END"
         query = self._q(
-            "SELECT CASE WHEN e.value->>'workflow_id' IS NOT NULL OR e.value->>'workflow_name' IS NOT NULL"
-            " THEN 'workflow' WHEN e.value->>'team_id' IS NOT NULL OR e.value->>'team_name' IS NOT NULL"
-            " THEN 'team' ELSE 'agent' END AS run_type,"
-            " coalesce(e.value->>'agent_name', e.value->>'team_name', e.value->>'workflow_name',"
-            " e.value->>'agent_id', e.value->>'team_id', e.value->>'workflow_id', '') AS name,"
-            " e.value->>'status' AS status, count(*) AS n,"
+            "SELECT {ident} AS run_data, e.value->>'status' AS status, count(*) AS n,"
             f" count(*) FILTER (WHERE {created} < %(cutoff)s) AS stuck, min({created}) AS oldest"
             " FROM {t} s CROSS JOIN LATERAL {elems} e WHERE s.updated_at >= %(since)s"
             " AND e.value->>'status' = ANY(%(open)s){not_migrated}"
-            " GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT %(limit)s"
-        )
-        return await self._rows(query, {"cutoff": int(now - stuck_after), "since": int(now - window),
-                                        "open": _OPEN, "limit": limit})
+            " GROUP BY 1, 2", ident=identity_projection("e.value"))
+        rows = await self._rows(query, {"cutoff": int(now - stuck_after), "since": int(now - window), "open": _OPEN})
+        labelled = []
+        for r in rows:
+            run_type, _, name = run_identity({}, r["run_data"])
+            labelled.append({**r, "run_type": run_type, "name": name})
+        return group_open_runs(labelled, limit)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """session id -> (finished runs, open runs) in the sessions' arrays (runs-table copies left out)."""

@@ -9,7 +9,7 @@ they go on spans (and the trace id on exemplars).
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import Metric
@@ -196,6 +196,30 @@ class SelfMetrics:
                                registry=r)
         for reason in ("database", "query", "state"):
             self.poll_errors.labels(reason)
+
+
+class TablesRead(Collector):
+    """``agno_exporter_tables``: how many agno tables the collector reads, 0 when it found none.
+
+    The signal for "connected, healthy, but nothing to read" (a schema typo, an app's custom
+    session_table under an explicit one): ``/readyz`` stays 200 then, since a sidecar must be ready
+    before its app writes agno's tables. Absent until the first discovery.
+    """
+
+    def __init__(self, tables: Callable[[], Mapping[str, int] | None]) -> None:
+        self.tables = tables
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.tables()
+        if counts is None:
+            return
+        yield gauge("agno_exporter_tables",
+                    "agno tables read at the last discovery: runs tables (layout=v3) and session tables whose"
+                    " runs column holds agno 2.x runs (layout=v2); 0 when none was found in database.schema.",
+                    ["layout"], [((layout,), n) for layout, n in sorted(counts.items())])
 
 
 class StoreStats(Collector):

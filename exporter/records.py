@@ -71,6 +71,15 @@ _PROVIDERS = {
 MAX_LABEL_CHARS = 128
 MAX_ERROR_CHARS = 512
 
+# The `name` label of agents, teams and workflows agno stored no name for.
+UNNAMED = "unnamed"
+# Ids agno makes up for an agent, team or workflow created without a name, new for every instance
+# (``set_id``): ``str(uuid4())`` in agno 2.0-2.3 (agno/utils/string.py ``generate_id_from_name(None)``),
+# "adjective-scientist-" plus 8 hex digits of a uuid4 in 2.9 and 3.1.10 (``generate_human_readable_id``
+# in agno/utils/names.py, e.g. "plucky-galileo-630cc2d0").
+_GENERATED_ID = re.compile(
+    r"(?i:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})|[a-z]+-[a-z]+-[0-9a-f]{8}")
+
 
 class BadRow(ValueError):
     """A stored row that cannot be turned into a record; ``reason`` is a bounded label value."""
@@ -305,6 +314,23 @@ def clean_label(value: str | None, fallback: str, sanitized: list[str]) -> str:
         sanitized.append("too_long")
         value = value[:MAX_LABEL_CHARS]
     return unicodedata.normalize("NFC", value)
+
+
+def run_label(stored_name: str | None, entity_id: str | None, sanitized: list[str] | None = None) -> str:
+    """The ``name`` label of a run (or session): the agent's/team's/workflow's name as agno stored it.
+
+    Without a stored name (agno stores ``agent_name`` etc. only when the object has one) the id is
+    used when someone chose it (``Agent(id="support")``), never an id agno generated: those are new
+    for every ``Agent(...)`` instance, so a new-agent-per-request app would make a label value per run
+    and crowd every other name out of the label cap. Such runs share :data:`UNNAMED`. The one rule
+    for run records, session records and the in-progress gauges of both layouts.
+    """
+    out = sanitized if sanitized is not None else []
+    if stored_name:
+        return clean_label(stored_name, UNNAMED, out)
+    if entity_id and not _GENERATED_ID.fullmatch(entity_id):
+        return clean_label(entity_id, UNNAMED, out)
+    return UNNAMED
 
 
 def provider_name(raw: str | None) -> str:
@@ -672,6 +698,28 @@ def _content_text(value: Any) -> str | None:
     return None
 
 
+# The parts of a run :func:`run_identity` reads, in the run's JSON (also on agno 3.x's columns).
+IDENTITY_KEYS = ("agent_name", "team_name", "workflow_name", "agent_id", "team_id", "workflow_id")
+
+
+def run_identity(row: Mapping[str, Any], run_data: Mapping[str, Any],
+                 sanitized: list[str] | None = None) -> tuple[str, str, str]:
+    """(run_type, entity id, ``name`` label) of a run from its columns (agno 3.x; ``{}`` for an agno 2.x
+    array element) and the :data:`IDENTITY_KEYS` of its JSON. A run type agno did not store is
+    inferred from which ids the JSON holds."""
+    run_type = (_str(row.get("run_type")) or "").lower()
+    if run_type not in RUN_TYPES:
+        if run_data.get("workflow_id") or run_data.get("workflow_name"):
+            run_type = "workflow"
+        elif run_data.get("team_id") or run_data.get("team_name"):
+            run_type = "team"
+        else:
+            run_type = "agent"
+    id_col = f"{run_type}_id"
+    entity_id = _str(row.get(id_col)) or _str(run_data.get(id_col)) or ""
+    return run_type, entity_id, run_label(_str(run_data.get(f"{run_type}_name")), entity_id, sanitized)
+
+
 def row_run_id(row: Mapping[str, Any]) -> str | None:
     """The run id of a fetched row: its column (agno 3.x) or its JSON (an agno 2.x array element)."""
     data = row.get("run_data")
@@ -700,18 +748,7 @@ def build_run_record(
         raise BadRow("unknown_status", f"status {status!r}")
 
     sanitized: list[str] = []
-    run_type = (_str(row.get("run_type")) or "").lower()
-    if run_type not in RUN_TYPES:
-        if run_data.get("workflow_id") or run_data.get("workflow_name"):
-            run_type = "workflow"
-        elif run_data.get("team_id") or run_data.get("team_name"):
-            run_type = "team"
-        else:
-            run_type = "agent"
-    id_col = {"agent": "agent_id", "team": "team_id", "workflow": "workflow_id"}[run_type]
-    entity_id = _str(row.get(id_col)) or _str(run_data.get(id_col)) or ""
-    raw_name = _str(run_data.get(f"{run_type}_name")) or entity_id
-    name = clean_label(raw_name, "unnamed", sanitized)
+    run_type, entity_id, name = run_identity(row, run_data, sanitized)
 
     metrics = _obj(run_data.get("metrics"), "metrics")
     model = clean_label(_str(run_data.get("model")), "unknown", sanitized)
@@ -789,7 +826,7 @@ def build_session_record(row: Mapping[str, Any]) -> SessionRecord:
     session_type = (_str(row.get("session_type")) or "agent").lower()
     data = _obj(row.get(f"{session_type}_data"), f"{session_type}_data")
     entity_id = _str(row.get(f"{session_type}_id")) or ""
-    name = clean_label(_str(data.get("name")) or entity_id, "unnamed", sanitized)
+    name = run_label(_str(data.get("name")), entity_id, sanitized)
     session_data = _obj(row.get("session_data"), "session_data")
     sm = _obj(session_data.get("session_metrics"), "session_data.session_metrics")
     totals = {t: _tokens(sm.get(f), f"session_metrics.{f}") for f, t in TOKEN_FIELDS}

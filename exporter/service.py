@@ -93,8 +93,7 @@ class Service:
         self.state_db = Database(ConnectOptions(
             state_url, s.database.application_name + "-state", s.database.statement_timeout,
             s.database.connect_timeout))
-        self.source = AgnoSource(self.source_db, s.database.schema_name, s.database.runs_table_name,
-                                 s.database.session_table, s.database.layout)
+        self.source = AgnoSource.from_settings(self.source_db, s.database, s.collector.discovery_interval)
         self.state = PostgresState(self.state_db, s.state.schema_name, self.source.key, traces=s.traces_enabled)
         self.store = prom.new_store(s.metrics.label_value_limit)
         self.metrics = prom.SelfMetrics(self.registry, agno_version())
@@ -127,6 +126,7 @@ class Service:
         self.registry.register(LeaderOnly(self.store, self.collector.leadership))
         self.registry.register(prom.StoreStats(self.store))
         self.registry.register(LeaderOnly(TopSessions(self.collector), self.collector.leadership))
+        self.registry.register(LeaderOnly(prom.TablesRead(self.source.tables_read), self.collector.leadership))
         self.web_config = load_web_config(s.web.config_file) if s.web.config_file else WebConfig()
         self.runner: Any = None
         self.port = 0
@@ -136,7 +136,7 @@ class Service:
             self.trace_sink.notify()
 
     def health(self) -> Health:
-        return Health(ready=lambda: self.collector.ready, status=self.status)
+        return Health(ready=lambda: self.collector.ready, status=self.status, tables=self.source.table_report)
 
     def status(self) -> Status:
         """The landing page's numbers, read from the running components (no database query)."""
@@ -166,7 +166,7 @@ class Service:
             database=redact(url, url),
             state=redact(state_url, state_url) if state_url and state_url != url else None,
             layout=LAYOUTS.get(layout.version, layout.version) if layout else "not discovered yet",
-            tables=layout.describe() if layout else "not discovered yet",
+            tables=self.source.describe_reading(),
             last_success=c.last_success,
             runs_counted=round(sum(v.total for v in self.store.series("agno_runs").values())),
             runs_counted_here=round(metric_value(self.metrics.runs_collected)),
@@ -221,8 +221,8 @@ class Service:
         # The sink runs concurrently with the collector: it gets connections of its own, since
         # transactions of two tasks on one connection would interleave.
         self.trace_dbs = (Database(self.source_db.opts), Database(self.state_db.opts))
-        source = AgnoSource(self.trace_dbs[0], self.source.schema, self.source.runs_table, self.source.sessions_table,
-                            self.source.mode)
+        source = AgnoSource.from_settings(self.trace_dbs[0], self.settings.database,
+                                          self.settings.collector.discovery_interval, quiet=True)
         state = PostgresState(self.trace_dbs[1], self.state.schema, self.source.key, traces=True)
         self.trace_state = state
         return TraceSink(

@@ -40,18 +40,22 @@ def _source(settings: Settings) -> AgnoSource:
         raise SystemExit("database.url: not set (use --db-url, DATABASE_URL or the config file)")
     db = Database(ConnectOptions(d.url.get_secret_value(), d.application_name, d.statement_timeout,
                                  d.connect_timeout, read_only=True))
-    return AgnoSource(db, d.schema_name, d.runs_table_name, d.session_table, d.layout)
+    return AgnoSource.from_settings(db, d, quiet=True)
 
 
-def _where_runs(source: AgnoSource) -> str:
-    """The tables a run is looked for in, as the user would name them."""
-    layout = source.layout
-    if layout is not None and layout.version == "none":
-        return f"schema {source.schema!r}: it has no agno tables (check --schema and --session-table)"
-    places = [source.runs.key] if source.readers and source.runs in source.readers else []
-    if source.legacy is not None:
-        places.append(source.legacy.key)
-    return " or ".join(places) or source.runs.key
+async def _where(source: AgnoSource, kind: str) -> str:
+    """Where a run or session was looked for, as the user would name it: the tables read, or why
+    none is (and the schemas that do hold agno tables)."""
+    if not source.readers:
+        text = f"schema {source.schema!r}: it has no agno tables (check --schema and --session-table)"
+        elsewhere = (await source.discover(everywhere=True)).elsewhere()
+        if elsewhere:
+            text += f"; agno tables found in {', '.join(t.describe() for t in elsewhere)}"
+        return text
+    if kind == "run":
+        return " or ".join(r.key for r in source.readers)
+    tables = dict.fromkeys(f"{source.schema}.{p.sessions_table}" for p in source.pairs if p.sessions_table)
+    return " or ".join(tables) or f"{source.schema}.{source.sessions_table}"
 
 
 def _not_found(kind: str, ident: str, where: str, err: TextIO) -> int:
@@ -113,10 +117,11 @@ async def show_run(settings: Settings, run_id: str, out: TextIO, err: TextIO) ->
     try:
         await source.refresh(force=True)
         rows = await source.fetch_runs([(run_id, None)])
+        where = "" if rows else await _where(source, "run")
     finally:
         await source.db.close()
     if not rows:
-        return _not_found("run", run_id, _where_runs(source), err)
+        return _not_found("run", run_id, where, err)
     try:
         r = build_run_record(rows[0], rows[0].get("run_data"))
         metrics = run_stored_metrics(rows[0].get("run_data"))
@@ -186,13 +191,11 @@ async def show_session(settings: Settings, session_id: str, out: TextIO, err: Te
     source = _source(settings)
     try:
         await source.refresh(force=True)
-        rows = await source.sessions([session_id]) if source.layout and source.layout.sessions_table else []
+        rows = await source.sessions([session_id])
         run_rows = await source.session_runs(session_id) if rows else []
+        where = "" if rows else await _where(source, "session")
     finally:
         await source.db.close()
-    where = f"{source.schema}.{source.sessions_table}"
-    if source.layout is not None and source.layout.version == "none":
-        where = _where_runs(source)
     if not rows:
         return _not_found("session", session_id, where, err)
     try:

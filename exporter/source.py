@@ -1,7 +1,10 @@
 """Reading agno's tables: discovery, the poll snapshot, candidate runs, the runs themselves, and the
 spans agno's own tracing writes (:class:`SpansSource`).
 
-All SQL against agno's schema lives here. Identifiers from config are always quoted. Each read is
+agno's tables are found by their columns, whatever their names (:func:`discover`): an app's
+``PostgresDb(session_table=...)`` names them, and a database often holds several apps' tables.
+
+All SQL against agno's schema lives here. Identifiers from config or the catalog are always quoted. Each read is
 one statement on a read-only connection (atomic by itself, so no BEGIN/COMMIT round trips), short,
 so the exporter never holds back vacuum on the app's database.
 
@@ -13,14 +16,15 @@ in a final status whose ``updated_at`` is at or after the low watermark, listed 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 
 from .db import Database
-from .records import FINAL_STATUSES
+from .records import FINAL_STATUSES, IDENTITY_KEYS, run_identity
 
 _FINAL = sorted(FINAL_STATUSES)
 
@@ -41,13 +45,39 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """Which agno tables exist."""
+class FoundTable:
+    """A table with the columns of one of agno's tables (see :data:`RUNS_SHAPE`, :data:`SESSIONS_SHAPE`)."""
 
     schema: str
-    runs_table: str | None  # agno 3.x
+    name: str
+    kind: str  # "runs" (agno 3.x runs table) or "sessions"
+    runs_column: bool = False  # a session table with agno 2.x's `runs` column
+    readable: bool = True  # this role may SELECT from it
+    sessions_fk: str | None = None  # a runs table: the session table its session_id references
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def describe(self) -> str:
+        if self.kind == "runs":
+            return f"{self.qualified} (agno 3.x runs table)"
+        return f"{self.qualified} (agno session table{' with a runs column' if self.runs_column else ''})"
+
+
+@dataclass(frozen=True)
+class TablePair:
+    """The tables one agno ``PostgresDb`` writes: a session table and its runs table, either may be missing.
+
+    agno 3.x names the runs table ``<session_table>_runs`` (``agno_runs`` for ``agno_sessions``) unless
+    told otherwise, and references the session table from its ``session_id`` (agno/db/base.py,
+    agno/db/postgres/schemas.py). agno 2.x has the session table only, its runs in the ``runs`` column.
+    """
+
+    runs_table: str | None
     sessions_table: str | None
-    sessions_has_runs: bool  # agno 2.x keeps runs in agno_sessions.runs
+    sessions_has_runs: bool = False  # the session table's agno 2.x runs column holds runs
+    sessions_runs_column: bool = False  # the column exists (agno 3.x keeps it, NULL, after migrating)
 
     @property
     def version(self) -> str:
@@ -59,14 +89,55 @@ class Layout:
             return "v2"
         return "none"
 
-    def describe(self) -> str:
+    def describe(self, schema: str) -> str:
         parts = []
         if self.runs_table:
-            parts.append(f"{self.schema}.{self.runs_table} (agno 3.x runs table)")
+            parts.append(f"{schema}.{self.runs_table} (agno 3.x runs table)")
         if self.sessions_table:
             legacy = " with a legacy runs column (agno 2.x)" if self.sessions_has_runs else ""
-            parts.append(f"{self.schema}.{self.sessions_table}{legacy}")
-        return ", ".join(parts) or f"no agno tables in schema {self.schema!r}"
+            parts.append(f"{schema}.{self.sessions_table}{legacy}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The agno tables of one schema (``pairs``), and agno tables found but not read, with why."""
+
+    schema: str
+    pairs: tuple[TablePair, ...] = ()
+    unread: tuple[tuple[FoundTable, str], ...] = ()
+
+    @property
+    def version(self) -> str:
+        """v3, v2 or mixed over all pairs (v3 and v2 in two pairs is mixed too), none without any."""
+        runs = any(p.runs_table for p in self.pairs)
+        legacy = any(p.sessions_has_runs for p in self.pairs)
+        return "mixed" if runs and legacy else "v3" if runs else "v2" if legacy else "none"
+
+    def describe(self) -> str:
+        parts = [d for p in self.pairs if (d := p.describe(self.schema))]
+        return "; ".join(parts) or f"no agno tables in schema {self.schema!r}"
+
+    def elsewhere(self) -> list[FoundTable]:
+        """agno tables of other schemas (filled by ``discover(..., everywhere=True)``)."""
+        return [t for t, _ in self.unread if t.schema != self.schema]
+
+
+def group_open_runs(rows: Iterable[Mapping[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """Add up in-progress counts (``n``, ``stuck``, ``oldest`` created_at) per (run_type, name label,
+    status), largest first: the shape of the ``agno_runs_in_progress`` gauges."""
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["run_type"] or "", r["name"] or "", r["status"])
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {"run_type": key[0], "name": key[1], "status": key[2], "n": 0, "stuck": 0,
+                               "oldest": None}
+        g["n"] += int(r["n"])
+        g["stuck"] += int(r["stuck"])
+        if r["oldest"] is not None:
+            g["oldest"] = r["oldest"] if g["oldest"] is None else min(g["oldest"], r["oldest"])
+    return sorted(groups.values(), key=lambda g: -g["n"])[:limit]
 
 
 async def take_snapshot(db: Database) -> Snapshot:
@@ -126,6 +197,12 @@ RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb
      'metrics', t->'metrics', 'child_run_id', t->'child_run_id') END ORDER BY i), '[]')
    FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END) END"""
 
+def identity_projection(column: str) -> sql.Composed:
+    """The :data:`~exporter.records.IDENTITY_KEYS` of a run's JSON in ``column``, as one small object."""
+    return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+        sql.SQL("{}, {}->{}").format(sql.Literal(k), sql.SQL(column), sql.Literal(k)) for k in IDENTITY_KEYS))
+
+
 RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id",
                "parent_run_id", "status", "created_at", "updated_at")
 
@@ -133,19 +210,17 @@ RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workf
 class RunsSource:
     """agno 3.x: one row per run in ``<schema>.<runs_table>``."""
 
-    def __init__(self, db: Database, schema: str, runs_table: str, sessions_table: str) -> None:
+    def __init__(self, db: Database, schema: str, runs_table: str, sessions_table: str | None) -> None:
         self.db = db
         self.schema = schema
         self.runs_table = runs_table
         self.sessions_table = sessions_table
-        self.key = f"{schema}.{runs_table}"
+        self.key = f"{schema}.{runs_table}"  # its cursor's name in the state
+        self.appeared = False  # the table appeared while the exporter ran (see AgnoSource.refresh)
         self._runs = sql.Identifier(schema, runs_table)
-        self._sessions = sql.Identifier(schema, sessions_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
-        self._open_names: dict[str, str] = {}  # run id -> name, of the runs open at the last poll
-
-    async def discover(self) -> Layout:
-        return await discover(self.db, self.schema, self.runs_table, self.sessions_table)
+        # run id -> (run type, name label), of the runs open at the last poll
+        self._open_names: dict[str, tuple[str, str]] = {}
 
     async def snapshot(self) -> Snapshot:
         return await take_snapshot(self.db)
@@ -227,39 +302,31 @@ class RunsSource:
 
         agno indexes ``status``, so this reads only the open runs, whatever the table size. Their
         names live in run_data; a run's name never changes, so it is read once per run (and forgotten
-        when the run is no longer open): polls read no JSON unless a new run has started.
+        when the run is no longer open): polls read no JSON unless a new run has started. ``name`` is
+        the label (:func:`exporter.records.run_label`).
         """
         async with self.db.statement() as conn:
             cur = await conn.execute(
-                sql.SQL("SELECT run_id, run_type, status, created_at FROM {t} WHERE status = ANY(%(open)s)").format(
+                sql.SQL("SELECT run_id, status, created_at FROM {t} WHERE status = ANY(%(open)s)").format(
                     t=self._runs), {"open": ["PENDING", "RUNNING"]})
             rows = await cur.fetchall()
             names = {r["run_id"]: self._open_names[r["run_id"]] for r in rows if r["run_id"] in self._open_names}
             missing = [r["run_id"] for r in rows if r["run_id"] not in names]
             if missing:
                 cur = await conn.execute(sql.SQL(
-                    "SELECT run_id, coalesce(run_data->>'agent_name', run_data->>'team_name',"
-                    " run_data->>'workflow_name', agent_id, team_id, workflow_id, '') AS name"
-                    " FROM {t} WHERE run_id = ANY(%(ids)b)").format(t=self._runs), {"ids": missing})
-                names.update((r["run_id"], r["name"]) for r in await cur.fetchall())
+                    "SELECT run_id, run_type, agent_id, team_id, workflow_id, {ident} AS run_data"
+                    " FROM {t} WHERE run_id = ANY(%(ids)b)").format(
+                        t=self._runs, ident=identity_projection("run_data")), {"ids": missing})
+                for r in await cur.fetchall():
+                    run_type, _, name = run_identity(r, r["run_data"] or {})
+                    names[r["run_id"]] = (run_type, name)
         self._open_names = names
         cutoff = int(now - stuck_after)
-        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for r in rows:
-            name = names.get(r["run_id"])
-            if name is None:  # deleted between the two reads
-                continue
-            key = (r["run_type"], name, r["status"])
-            g = groups.get(key)
-            if g is None:
-                g = groups[key] = {"run_type": key[0], "name": name, "status": key[2], "n": 0, "stuck": 0,
-                                   "oldest": None}
-            g["n"] += 1
-            created = r["created_at"]
-            if created is not None:
-                g["stuck"] += created < cutoff
-                g["oldest"] = created if g["oldest"] is None else min(g["oldest"], created)
-        return sorted(groups.values(), key=lambda g: -g["n"])[:limit]
+        return group_open_runs(
+            ({"run_type": names[r["run_id"]][0], "name": names[r["run_id"]][1], "status": r["status"], "n": 1,
+              "stuck": int(r["created_at"] is not None and r["created_at"] < cutoff), "oldest": r["created_at"]}
+             for r in rows if r["run_id"] in names),  # not there: deleted between the two reads
+            limit)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """session id -> (finished runs, open runs) in agno's table (session_id is indexed by agno)."""
@@ -276,15 +343,22 @@ class RunsSource:
             return {r["session_id"]: (int(r["final"]), int(r["open"])) for r in await cur.fetchall()}
 
     async def sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
-        if not session_ids:
+        if self.sessions_table is None:
             return []
-        query = sql.SQL(
-            "SELECT session_id, session_type, agent_id, team_id, workflow_id, user_id, agent_data, team_data,"
-            " workflow_data, session_data, created_at, updated_at FROM {t} WHERE session_id = ANY(%(ids)b)"
-        ).format(t=self._sessions)
-        async with self.db.statement() as conn:
-            cur = await conn.execute(query, {"ids": list(session_ids)})
-            return await cur.fetchall()
+        return await read_sessions(self.db, self.schema, self.sessions_table, session_ids)
+
+
+async def read_sessions(db: Database, schema: str, table: str, session_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of agno's session table (either layout) for the given session ids."""
+    if not session_ids:
+        return []
+    query = sql.SQL(
+        "SELECT session_id, session_type, agent_id, team_id, workflow_id, user_id, agent_data, team_data,"
+        " workflow_data, session_data, created_at, updated_at FROM {t} WHERE session_id = ANY(%(ids)b)"
+    ).format(t=sql.Identifier(schema, table))
+    async with db.statement() as conn:
+        cur = await conn.execute(query, {"ids": list(session_ids)})
+        return await cur.fetchall()
 
     async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
         """Whole rows of every run of one session, member runs included (``sessions show``); agno
@@ -380,29 +454,98 @@ class SpansSource:
             return await cur.fetchall()
 
 
-async def discover(db: Database, schema: str, runs_table: str, sessions_table: str) -> Layout:
+# What makes a table agno's is its columns (the same from agno 2.0 to 3.1.10, agno/db/postgres/schemas.py):
+# a runs table has the columns the collector reads; a session table those `sessions()` reads.
+RUNS_SHAPE = frozenset({*RUN_COLUMNS, "run_data"})
+SESSIONS_SHAPE = frozenset({"session_id", "session_type", "agent_id", "team_id", "workflow_id", "user_id",
+                            "agent_data", "team_data", "workflow_data", "session_data", "created_at", "updated_at"})
+
+# Every table (not a partition) with either shape, in one schema or in all of them, with whether this
+# role may read it and, for a runs table, the table its session_id references.
+_FIND_TABLES = """
+SELECT n.nspname AS schema, c.relname AS name, array_agg(a.attname::text) AS columns,
+  has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT') AS readable,
+  (SELECT f.relname FROM pg_constraint k JOIN pg_class f ON f.oid = k.confrelid
+    JOIN pg_attribute ka ON ka.attrelid = k.conrelid AND ka.attnum = k.conkey[1]
+    WHERE k.conrelid = c.oid AND k.contype = 'f' AND ka.attname = 'session_id'
+      AND f.relnamespace = c.relnamespace ORDER BY k.conname LIMIT 1) AS sessions_fk
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'
+  AND (%(schema)s::text IS NULL OR n.nspname = %(schema)s)
+GROUP BY n.oid, n.nspname, c.oid, c.relname
+HAVING array_agg(a.attname::text) @> %(runs)s::text[] OR array_agg(a.attname::text) @> %(sessions)s::text[]
+ORDER BY n.nspname, c.relname
+"""
+
+
+def default_sessions_table(runs_table: str) -> str | None:
+    """The session table agno pairs with a runs table by name (agno/db/base.py ``runs_table_name``)."""
+    if runs_table == "agno_runs":
+        return "agno_sessions"
+    return runs_table.removesuffix("_runs") if runs_table.endswith("_runs") and runs_table != "_runs" else None
+
+
+def pair_tables(tables: Sequence[FoundTable], only: tuple[str, str] | None = None
+                ) -> tuple[list[TablePair], list[tuple[FoundTable, str]]]:
+    """Group one schema's agno tables into pairs; returns the pairs and the tables left unread, with why.
+
+    A runs table belongs with the session table its ``session_id`` references (agno 3.1 declares it),
+    else with the one its name says. A session table no runs table claims is a pair of its own when it
+    has agno 2.x's runs column. ``only`` = (runs table, session table) named in the config: nothing
+    else is read. A table this role may not read is left out (the collector would fail on it).
+    """
+    unread: list[tuple[FoundTable, str]] = []
+    ok: list[FoundTable] = []
+    for t in tables:
+        if only is not None and t.name not in only:
+            unread.append((t, "not the table database.session_table / database.runs_table names"))
+        elif not t.readable:
+            unread.append((t, f"no SELECT privilege (GRANT SELECT ON {t.qualified} TO <role>)"))
+        else:
+            ok.append(t)
+    runs = {t.name: t for t in ok if t.kind == "runs"}
+    sessions = {t.name: t for t in ok if t.kind == "sessions"}
+    if only is not None:
+        r, s = runs.get(only[0]), sessions.get(only[1])
+        claimed = [(r, s)] if r or s else []
+    else:
+        claimed = []
+        for r in runs.values():
+            s = sessions.get(r.sessions_fk or "") or sessions.get(default_sessions_table(r.name) or "")
+            claimed.append((r, s))
+        used = {s.name for _, s in claimed if s}
+        claimed += [(None, s) for s in sessions.values() if s.name not in used and s.runs_column]
+    pairs = [TablePair(r.name if r else None, s.name if s else None, False, bool(s and s.runs_column))
+             for r, s in claimed]
+    return pairs, unread
+
+
+async def discover(db: Database, schema: str, only: tuple[str, str] | None = None,
+                   everywhere: bool = False) -> Layout:
+    """agno's tables in ``schema``, found by their columns (any names), paired, with what is not read.
+
+    ``everywhere``: also list agno tables of every other schema (as unread), for "is it the wrong
+    schema?" hints; otherwise only ``schema``'s catalog is read.
+    """
     async with db.transaction() as conn:
-        cur = await conn.execute(
-            "SELECT table_name, column_name FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name = ANY(%s)",
-            (schema, [runs_table, sessions_table]),
-        )
-        cols: dict[str, set[str]] = {}
+        cur = await conn.execute(_FIND_TABLES, {"schema": None if everywhere else schema,
+                                                "runs": sorted(RUNS_SHAPE), "sessions": sorted(SESSIONS_SHAPE)})
+        found = []
         for r in await cur.fetchall():
-            cols.setdefault(r["table_name"], set()).add(r["column_name"])
+            cols = set(r["columns"])
+            kind = "runs" if cols >= RUNS_SHAPE else "sessions"
+            found.append(FoundTable(r["schema"], r["name"], kind, kind == "sessions" and "runs" in cols,
+                                    bool(r["readable"]), r["sessions_fk"]))
+        pairs, unread = pair_tables([t for t in found if t.schema == schema], only)
+        unread += [(t, f"schema {t.schema!r}, not database.schema {schema!r}") for t in found if t.schema != schema]
         # agno 3.x keeps the legacy `runs` column (NULL); only rows that still hold runs make it 2.x data.
-        legacy = False
-        if "runs" in cols.get(sessions_table, set()):
-            cur = await conn.execute(
-                sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE runs IS NOT NULL AND runs::text <> 'null'"
-                        " AND runs::text <> '[]') AS legacy").format(t=sql.Identifier(schema, sessions_table))
-            )
-            row = await cur.fetchone()
-            legacy = bool(row and row["legacy"])
-    runs_cols = cols.get(runs_table, set())
-    return Layout(
-        schema=schema,
-        runs_table=runs_table if {"run_id", "run_data", "status", "updated_at"} <= runs_cols else None,
-        sessions_table=sessions_table if sessions_table in cols else None,
-        sessions_has_runs=legacy,
-    )
+        for i, p in enumerate(pairs):
+            if p.sessions_runs_column and p.sessions_table:
+                cur = await conn.execute(
+                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {t} WHERE runs IS NOT NULL AND runs::text <> 'null'"
+                            " AND runs::text <> '[]') AS legacy").format(t=sql.Identifier(schema, p.sessions_table)))
+                row = await cur.fetchone()
+                pairs[i] = dataclasses.replace(p, sessions_has_runs=bool(row and row["legacy"]))
+    return Layout(schema, tuple(pairs), tuple(unread))

@@ -15,8 +15,8 @@ import errno
 import html
 import socket
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -102,6 +102,8 @@ class Health:
 
     ready: Callable[[], bool]
     status: Callable[[], Status]
+    # (table, what is done with it): agno's tables read, and those found but not read (other schemas too)
+    tables: Callable[[], Sequence[tuple[str, str]]] = field(default=lambda: ())
 
 
 def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig | None = None) -> web.Application:
@@ -138,7 +140,7 @@ def build_app(registry: CollectorRegistry, health: Health, web_config: WebConfig
             "<p>Prometheus metrics and OpenTelemetry spans for Agno agents, read from agno's Postgres.</p>"
             "<ul><li><a href='metrics'>/metrics</a></li><li><a href='healthz'>/healthz</a></li>"
             "<li><a href='readyz'>/readyz</a></li></ul>"
-            f"<table>{rows}</table></body></html>"
+            f"<table>{rows}</table>{_tables_section(health.tables())}</body></html>"
         )
         return web.Response(text=page, content_type="text/html")
 
@@ -172,6 +174,14 @@ def listen_error(host: str, port: int, exc: OSError, change: str) -> ListenError
 
 
 LISTEN_HINT = "give another address with --listen HOST:PORT (or web.listen, AGNO_EXPORTER_LISTEN)"
+
+
+def _tables_section(tables: Sequence[tuple[str, str]]) -> str:
+    """Where agno's data is: the tables read, and agno tables found but not read (with why)."""
+    if not tables:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{html.escape(what)}</td></tr>" for t, what in tables)
+    return f"<h2>agno tables</h2><table>{rows}</table>"
 
 
 async def serve(app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None) -> web.AppRunner:

@@ -29,9 +29,10 @@ def get_stock_price(symbol: str) -> str:
 class AgnoApp:
     db_url: str
     llm_url: str
+    session_table: str | None = None  # PostgresDb(session_table=...): its runs go to <session_table>_runs
 
     def __post_init__(self) -> None:
-        self.db = PostgresDb(db_url=sqlalchemy_url(self.db_url))
+        self.db = PostgresDb(db_url=sqlalchemy_url(self.db_url), session_table=self.session_table)
         self._models: list[OpenAIChat] = []
 
     def model(self, base_url: str | None = None) -> OpenAIChat:

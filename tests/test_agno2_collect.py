@@ -254,3 +254,32 @@ def test_agno2_custom_schema_and_session_table(db_url: str, sim_url: str, agno2_
             await service.stop()
 
     asyncio.run(main())
+
+
+def test_an_agno2_app_beside_an_agno3_app_is_found_without_configuration(db_url: str, sim_url: str,
+                                                                          agno2_python: str) -> None:
+    """Two apps in one database: agno 2.9 on a custom session_table (runs in its `runs` column) and agno
+    3.x on the defaults. Both found by their columns, each read by its own reader, each run counted once."""
+    from test_tables import write_default_app
+
+    legacy = write_agno2(agno2_python, db_url, sim_url, "basic", session_table="legacy_sessions")["runs"]
+    modern = asyncio.run(write_default_app(db_url, sim_url))
+    out = io.StringIO()
+    settings = load_settings(None, environ={}, overrides={"database": {"url": db_url}})
+    assert asyncio.run(run_check(settings, out)) == 0, out.getvalue()
+    assert "[ok] agno layout v2: ai.legacy_sessions with a legacy runs column (agno 2.x)\n" in out.getvalue()
+    assert "[ok] agno layout v3: ai.agno_runs (agno 3.x runs table), ai.agno_sessions\n" in out.getvalue()
+
+    async def main() -> Samples:
+        service = make_service(db_url, collector={"session_check_delay": "100ms"})
+        await service.start()
+        try:
+            await wait_counted(service, len(legacy) + len(modern))
+            return Samples(await scrape_text(service.port))
+        finally:
+            await service.stop()
+
+    s = asyncio.run(main())
+    assert_matches_agno(s, legacy + modern)
+    assert s.group("agno_exporter_tables", "layout") == {("v3",): 1.0, ("v2",): 1.0}
+    assert s.sum("agno_sessions_total") == len({r["session_id"] for r in legacy + modern})

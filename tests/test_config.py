@@ -29,12 +29,20 @@ def test_custom_session_table_names_the_runs_table() -> None:
     assert s.database.runs_table_name == "my_sessions_runs"
 
 
+def test_tables_named_in_the_config_restrict_reading_to_them() -> None:
+    assert not load_settings(None, environ={}).database.tables_explicit  # every agno table of the schema
+    for environ in ({"AGNO_EXPORTER_DATABASE__SESSION_TABLE": "agno_sessions"},
+                    {"AGNO_EXPORTER_DATABASE__RUNS_TABLE": "my_runs"}):
+        assert load_settings(None, environ=environ).database.tables_explicit, environ
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
         ("collector:\n  poll_intervall: 5s\n", "collector.poll_intervall: unknown key"),
         ("collector:\n  poll_interval: soon\n", "collector.poll_interval: 'soon' is not a duration"),
         ("collector:\n  poll_interval: 1ms\n", "collector.poll_interval: must be at least 50ms"),
+        ("collector:\n  discovery_interval: 100ms\n", "collector.discovery_interval: must be at least 1s"),
         ("web:\n  listen: nowhere\n", "web.listen: 'nowhere' is not host:port"),
         ("database:\n  schema: 'ai; drop'\n", "database.schema: 'ai; drop' is not a plain SQL identifier"),
         ("metrics:\n  label_value_limit: 0\n", "metrics.label_value_limit"),

@@ -26,3 +26,17 @@ def test_create_index_is_idempotent_and_serves_the_candidate_query(db_url: str,
             "EXPLAIN SELECT run_id, updated_at, status FROM ai.agno_runs WHERE status = ANY(%s)"
             " AND updated_at >= %s ORDER BY updated_at, run_id LIMIT 500", (["COMPLETED"], 19_990)).fetchall())
     assert "agno_runs_exporter_updated_at" in plan
+
+
+def test_create_index_covers_every_runs_table_the_collector_reads(db_url: str, sim_url: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from test_tables import COOKBOOK, write_cookbook_app, write_default_app
+
+    asyncio.run(write_default_app(db_url, sim_url))
+    asyncio.run(write_cookbook_app(db_url, sim_url))
+    assert main(["create-index", "--db-url", db_url]) == 0
+    out = capsys.readouterr().out
+    assert "created index ai.agno_runs_exporter_updated_at on ai.agno_runs" in out
+    assert f"created index ai.{COOKBOOK}_runs_exporter_updated_at on ai.{COOKBOOK}_runs" in out
