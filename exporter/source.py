@@ -347,6 +347,15 @@ class RunsSource:
             return []
         return await read_sessions(self.db, self.schema, self.sessions_table, session_ids)
 
+    async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
+        """Whole rows of every run of one session, member runs included (``sessions show``); agno
+        indexes ``session_id``."""
+        query = sql.SQL("SELECT run_id FROM {t} WHERE session_id = %(sid)s").format(t=self._runs)
+        async with self.db.statement() as conn:
+            cur = await conn.execute(query, {"sid": session_id})
+            run_ids = [r["run_id"] for r in await cur.fetchall()]
+        return await self.fetch(run_ids)
+
 
 async def read_sessions(db: Database, schema: str, table: str, session_ids: Sequence[str]) -> list[dict[str, Any]]:
     """Rows of agno's session table (either layout) for the given session ids."""
