@@ -166,7 +166,7 @@ class Service:
             database=redact(url, url),
             state=redact(state_url, state_url) if state_url and state_url != url else None,
             layout=LAYOUTS.get(layout.version, layout.version) if layout else "not discovered yet",
-            tables=self.source.describe_reading(),
+            tables=layout.describe() if layout and self.source.readers else self.source.describe_reading(),
             last_success=c.last_success,
             runs_counted=round(sum(v.total for v in self.store.series("agno_runs").values())),
             runs_counted_here=round(metric_value(self.metrics.runs_collected)),
