@@ -25,7 +25,7 @@ from psycopg import sql
 
 from .db import Database
 from .records import FINAL_STATUSES
-from .source import RUN_DATA_PROJECTION, Candidate, Page
+from .source import RUN_DATA_PROJECTION, Candidate, Page, estimated_rows
 
 _FINAL = sorted(FINAL_STATUSES)
 _OPEN = ["PENDING", "RUNNING"]
@@ -37,6 +37,8 @@ class LegacySource:
 
     def __init__(self, db: Database, schema: str, sessions_table: str, runs_table: str | None) -> None:
         self.db = db
+        self.schema = schema
+        self.sessions_table = sessions_table
         self.key = f"{schema}.{sessions_table}.runs"
         # jsonb in agno 2.x; the cast also accepts a json column, and anything but an array counts as empty
         elems = sql.SQL(
@@ -74,8 +76,8 @@ class LegacySource:
             Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"], r["session_id"])
             for r in rows if r["run_id"] and r["status"] in FINAL_STATUSES
         ]
-        full = len({r["session_id"] for r in rows}) >= limit
-        return Page(items, after(rows[-1]) if full else None)
+        sessions = len({r["session_id"] for r in rows})
+        return Page(items, after(rows[-1]) if sessions >= limit else None, sessions)
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
         """Final runs of the sessions updated at or after ``since``, ``limit`` sessions a page."""
@@ -88,6 +90,10 @@ class LegacySource:
         """Every session holding runs, by primary key: an index range scan a page."""
         where = "session_id > %(after)s" if after is not None else "true"
         return await self._page(where, "session_id", {"after": after}, limit, lambda last: last["session_id"])
+
+    async def backfill_size(self) -> tuple[int | None, str]:
+        """About how many sessions a backfill lists (the sessions table's estimate), and their unit."""
+        return await estimated_rows(self.db, self.schema, self.sessions_table), "sessions"
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """(run id, session id) -> the session's columns a run record needs, with the element as run_data.

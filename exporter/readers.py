@@ -33,6 +33,8 @@ class Reader(Protocol):
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]: ...
 
+    async def backfill_size(self) -> tuple[int | None, str]: ...
+
 
 class AgnoSource:
     """The runs of one agno database (3.x table, 2.x column, or both)."""

@@ -94,6 +94,18 @@ class Page:
 
     items: list[Candidate]
     after: Any
+    scanned: int = 0  # rows of the listed table this page went through (runs, or agno 2.x sessions)
+
+
+async def estimated_rows(db: Database, schema: str, table: str) -> int | None:
+    """The planner's estimate of a table's rows (``pg_class.reltuples``; free to read, as fresh as the
+    last ANALYZE or VACUUM), None when the table was never analyzed or does not exist."""
+    async with db.statement() as conn:
+        cur = await conn.execute(
+            "SELECT c.reltuples::float8 AS n FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
+            " WHERE s.nspname = %s AND c.relname = %s", (schema, table))
+        row = await cur.fetchone()
+    return int(row["n"]) if row is not None and row["n"] >= 0 else None
 
 
 # The parts of run_data that exporter.records reads, cut out by Postgres: prompts, tool results,
@@ -180,11 +192,15 @@ class RunsSource:
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
         items = await self.candidates(since, after, limit)
-        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None)
+        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None, len(items))
 
     async def backfill(self, after: Any, limit: int) -> Page:
         items = await self.backfill_page(after, limit)
-        return Page(items, items[-1].run_id if len(items) == limit else None)
+        return Page(items, items[-1].run_id if len(items) == limit else None, len(items))
+
+    async def backfill_size(self) -> tuple[int | None, str]:
+        """About how many rows a backfill lists (all statuses: the estimate is the table's), and their unit."""
+        return await estimated_rows(self.db, self.schema, self.runs_table), "runs"
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """(run id, session id) pairs -> rows; the session id is not needed here (run_id is the key)."""
