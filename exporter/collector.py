@@ -34,7 +34,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector as PromCollector
 
 from . import prom
-from .cursor import Watermark
+from .cursor import Watermark, WindowLog
 from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
@@ -180,6 +180,7 @@ class RunCollector:
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
+        self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -191,6 +192,12 @@ class RunCollector:
         self.started = True
         log.info("state loaded: %d series", self.store.series_count())
         _settle_heap()
+
+    def _window_log(self, reader: Reader) -> WindowLog:
+        wl = self._window_logs.get(reader.key)
+        if wl is None:
+            wl = self._window_logs[reader.key] = WindowLog(log, ".".join(reader.table), self.opts.max_lookback)
+        return wl
 
     async def _watermark(self, reader: Reader) -> Watermark:
         wm = self.watermarks.get(reader.key)
@@ -229,11 +236,11 @@ class RunCollector:
         self._waiting_logged = False
         for reader in readers:
             wm = self.watermarks[reader.key]
-            low, clamped = wm.advance(snap)
-            if clamped:
+            adv = wm.advance(snap.now, snap.writers_of(reader.table))
+            low = adv.low
+            if adv.clamped:
                 self.m.lookback_clamped.inc()
-                log.warning("an open transaction is older than collector.max_lookback; the re-read window is"
-                            " clamped")
+            self._window_log(reader).report(adv, snap.now)
             # An older saved watermark only makes a restart re-read (and skip) a few more runs, so it
             # is written every few seconds, not on every poll (a write and a flush each time).
             if snap.now - self._cursor_saved.get(reader.key, float("-inf")) >= self.opts.cursor_save_interval:

@@ -39,6 +39,7 @@ class LegacySource:
         self.db = db
         self.schema = schema
         self.sessions_table = sessions_table
+        self.table = (schema, sessions_table)  # what agno 2.x writes a run's final status to (exporter.cursor)
         self.key = f"{schema}.{sessions_table}.runs"
         # jsonb in agno 2.x; the cast also accepts a json column, and anything but an array counts as empty
         elems = sql.SQL(

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .db import Database
 from .legacy import LegacySource
-from .source import Layout, Page, RunsSource, Snapshot, discover
+from .source import Layout, Page, RunsSource, Snapshot, discover, take_snapshot
 
 log = logging.getLogger("agno_exporter.source")
 
@@ -26,6 +26,7 @@ LEGACY_OPEN_WINDOW = 86400.0
 
 class Reader(Protocol):
     key: str  # its cursor's name in the state
+    table: tuple[str, str]  # (schema, table) agno writes a finished run to: whose writers hold the watermark
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page: ...
 
@@ -94,7 +95,8 @@ class AgnoSource:
     # --- merged answers ------------------------------------------------------------------------
 
     async def snapshot(self) -> Snapshot:
-        return await self.runs.snapshot()
+        """One snapshot for both layouts' readers (the sessions table holds agno 2.x's runs)."""
+        return await take_snapshot(self.db, [self.runs.table, (self.schema, self.sessions_table)])
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """Rows of the given runs, from the runs table first (it wins), then the legacy column."""
