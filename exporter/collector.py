@@ -119,19 +119,25 @@ class _Backfill:
             return
         self.logged_at, self.logged_counted = now, counted
         elapsed = max(now - self.started, 1e-9)
+        rate = counted / elapsed
         left = ""
         if self.size is not None:
             remaining = max(0, self.size - self.listed)
             eta = remaining / (self.listed / elapsed) if self.listed else 0.0
-            left = f"; about {remaining:,} {self.unit} left to list (planner's estimate), about {eta:,.0f} s"
-        log.info("backfill of %s: %s runs counted in %.0f s (%.0f runs/s), %s %s listed%s", self.key,
-                 f"{counted:,}", elapsed, counted / elapsed, f"{self.listed:,}", self.unit, left)
+            left = f"; about {remaining:,} {self.unit} left to list (planner's estimate), {_duration(eta)} more"
+        log.info("backfill of %s: %s runs counted in %s (%s runs/s), %s %s listed%s", self.key, f"{counted:,}",
+                 _duration(elapsed), f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}", f"{self.listed:,}",
+                 self.unit, left)
 
     def done(self, result: PollResult, now: float) -> None:
         counted, skipped = result.counted - self.counted0, result.skipped - self.skipped0
-        log.info("backfill of %s finished in %.1f s: %s %s listed, %s runs counted, %s skipped (the rest were"
-                 " counted before)", self.key, now - self.started, f"{self.listed:,}", self.unit, f"{counted:,}",
-                 f"{skipped:,}")
+        log.info("backfill of %s finished in %s: %s %s listed, %s runs counted, %s skipped (the rest were"
+                 " counted before)", self.key, _duration(now - self.started), f"{self.listed:,}", self.unit,
+                 f"{counted:,}", f"{skipped:,}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:,.0f} min"
 
 
 def _settle_heap() -> None:
