@@ -140,8 +140,8 @@ class WindowLog:
             if adv.oldest is not None and adv.oldest < now - self.max_lookback:
                 why = f"a transaction that may write {self.table} has been open for {now - adv.oldest:,.0f} s"
             else:
-                why = f"a transaction that may write {self.table} has an unknown start"
-            self.log.warning("%s, beyond collector.max_lookback (%.0f s): the re-read window is clamped, so rows it"
+                why = f"a transaction that may write {self.table} started at a time not shown to this role"
+            self.log.warning("%s: the re-read window is clamped to collector.max_lookback (%.0f s), so rows it"
                              " commits with older stamps would be missed (each such poll counts in"
                              " lookback_clamped_total)", why, self.max_lookback)
         elif self.clamping and not adv.clamped:

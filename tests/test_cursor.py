@@ -4,6 +4,7 @@ Postgres with transactions open beside agno's (another database, the same databa
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from support import PgServer
 from test_exactly_once import close, exported_runs, exported_tokens, make_collector, stored_tokens, write_runs
 
 from exporter.collector import RunCollector
-from exporter.cursor import Watermark
+from exporter.cursor import Watermark, WindowLog
 
 # ------------------------------------------------------------------------------------- the rule
 
@@ -54,6 +55,22 @@ def test_a_writer_older_than_max_lookback_clamps() -> None:
     wm = Watermark(low=100.0, max_lookback=60)
     assert wm.advance(1_000.0, (500.0,)) == (940.0, True, 0, 500.0)
     assert wm.advance(1_010.0, ()) == (1_010.0, False, 0, None)
+
+
+def test_a_clamp_is_reported_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
+    """Each clamped poll is counted (by the caller), but the log says it when it starts and ends."""
+    logger = logging.getLogger("test.cursor")
+    caplog.set_level(logging.INFO, logger="test.cursor")
+    wm, report = Watermark(low=100.0, max_lookback=60), WindowLog(logger, "ai.agno_runs", 60)
+    for now in (1_000.0, 1_005.0, 1_010.0):
+        report.report(wm.advance(now, (500.0,)), now)
+    report.report(wm.advance(1_015.0, ()), 1_015.0)
+    for now in (1_020.0, 1_025.0):
+        report.report(wm.advance(now, (None,)), now)
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in messages] == [logging.WARNING, logging.INFO, logging.WARNING]
+    assert "has been open for 500 s" in messages[0][1] and "clamped to collector.max_lookback" in messages[0][1]
+    assert "pg_read_all_stats" in messages[2][1]
 
 
 # ---------------------------------------------------------------------- the argument, simulated
