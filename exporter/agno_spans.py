@@ -10,9 +10,10 @@ Exactly once, the way runs are counted:
 * **Finding new spans** (:class:`SpanPoller`). agno inserts each span once and never updates it;
   ``created_at`` (ISO text, app clock) is stamped just before its insert transaction starts, and
   those transactions commit out of order. That is the situation :mod:`exporter.cursor` solves for
-  runs: each poll takes ``pg_current_snapshot()`` and re-reads from the low watermark (minus
-  ``collector.clock_skew``, which also covers agno's stamp-to-insert delay), which only passes a
-  moment once no transaction that could still insert an older ``created_at`` is in progress.
+  runs: each poll reads the clock and the transactions holding a write lock on ``agno_spans``, and
+  re-reads from the low watermark (minus ``collector.clock_skew``, which also covers agno's
+  stamp-to-insert delay), which only passes a moment once no transaction that could still insert an
+  older ``created_at`` is in progress.
 * **Sending each once.** A span found is queued in the state schema (``forwarded_spans``, primary
   key = span id) in one statement: re-reading it later, after a restart or on another replica,
   is a no-op. The watermark is persisted only after every page of the poll is queued, so a crash
@@ -45,7 +46,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry, Counter
 
-from .cursor import Watermark
+from .cursor import Watermark, WindowLog
 from .source import Snapshot, SpanCandidate, SpansSource
 from .state import PostgresState
 from .traces import span_from_agno_row
@@ -144,6 +145,7 @@ class SpanPoller:
         self.on_queued = on_queued
         self.clock = clock
         self.watermark = Watermark(max_lookback=options.max_lookback)
+        self.window_log = WindowLog(log, source.key, options.max_lookback)
         self.started = False
         self.polls = 0  # successful polls, table present or not (tests wait on it)
         self.table_missing = False
@@ -154,8 +156,8 @@ class SpanPoller:
                                    "Polls of agno's tracing table that failed.", ["reason"], registry=registry)
         self.clamped = Counter(
             "agno_exporter_agno_spans_lookback_clamped",
-            "Polls of agno's tracing table where an open transaction was older than collector.max_lookback "
-            "(its spans may be missed).", registry=registry)
+            "Polls of agno's tracing table where a transaction that may insert spans was older than "
+            "collector.max_lookback (its spans may be missed).", registry=registry)
         for reason in ("database", "query"):
             self.poll_errors.labels(reason)
 
@@ -181,11 +183,11 @@ class SpanPoller:
         if self.table_missing:
             log.info("found %s: forwarding agno's spans", self.source.key)
             self.table_missing = False
-        low, clamped = self.watermark.advance(snap)
-        if clamped:
+        adv = self.watermark.advance(snap.now, snap.writers_of(self.source.written))
+        if adv.clamped:
             self.clamped.inc()
-            log.warning("an open transaction is older than collector.max_lookback; spans it inserts may be missed")
-        await self.state.save_cursor(low)
+        self.window_log.report(adv, snap.now)
+        await self.state.save_cursor(adv.low)
         self.polls += 1
         return queued
 

@@ -5,6 +5,16 @@ counted yet, turn them into records (malformed rows are counted and remembered, 
 never blocking), and count each page in one state transaction. After the last page the low
 watermark advances (see :mod:`exporter.cursor`). Errors end the poll, not the process: the loop
 reports ``agno_exporter_up 0``, backs off, reconnects and catches up.
+
+No single run can stop the counting: a row that does not parse is a counted skip, and a page the
+state refuses for a reason that belongs to a row (a value it cannot hold) is committed in parts
+until the refused run is found and skipped; only a database fault retries the whole page.
+
+The log is meant for an operator: each skipped run is logged once (when its skip is recorded,
+never again on a retry or after a restart), at most ``SKIP_WARNINGS_PER_POLL`` of them at WARNING
+per poll and the rest summarised; runs with inconsistent token numbers and sessions whose stored
+totals disagree are summarised per poll with a few example ids (each one at DEBUG); backfill
+progress is logged only when runs were counted since the last line, with the rate and what is left.
 """
 
 from __future__ import annotations
@@ -24,17 +34,26 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector as PromCollector
 
 from . import prom
-from .cursor import Watermark
+from .cursor import Watermark, WindowLog
 from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
 from .readers import AgnoSource, Reader
 from .records import BadRow, RunRecord, build_run_record, build_session_record, row_run_id
 from .series import Observation, SeriesRow, SeriesStore
-from .source import Candidate, Snapshot
+from .source import Candidate, Page, Snapshot
 from .state import PostgresState, StateNotWritable
 
 log = logging.getLogger("agno_exporter.collector")
+
+SKIP_WARNINGS_PER_POLL = 10  # skipped runs logged one by one at WARNING per poll; the rest at DEBUG
+EXAMPLES = 3  # ids named in a summary line
+BACKFILL_LOG_EVERY = 10.0  # seconds between backfill progress lines
+# Errors of a state write that belong to a value of a record, not to the database: SQLSTATE class 22
+# ("bigint out of range", a character the encoding cannot hold) and psycopg's own refusal to send a
+# value. Anything else (OperationalError: the database is down) retries the whole page.
+ROW_FAULTS: tuple[type[Exception], ...] = (psycopg.DataError, UnicodeEncodeError)
+STATE_REJECTED = "state_rejected"  # the rows_skipped reason of a run the state refused
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,7 @@ class _Loaded:
     records: list[RunRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason)
     roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
+    details: dict[str, str] = field(default_factory=dict)  # run id -> why it is skipped, for the log
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,55 @@ class PollResult:
     counted: int = 0
     skipped: int = 0
     pages: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    skips_logged: int = 0  # of them, logged one by one at WARNING
+    anomalies: dict[str, int] = field(default_factory=dict)  # kind -> runs counted with it
+    anomalous_runs: int = 0
+    anomaly_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Backfill:
+    """Progress of one reader's backfill, for the log: a line only when runs were counted since the
+    last one (at most every ``BACKFILL_LOG_EVERY`` seconds), with the rate and what is left to list
+    (from the planner's estimate of the table's rows: an estimate, said so)."""
+
+    key: str
+    started: float
+    counted0: int  # the poll's counts when the backfill started
+    skipped0: int
+    size: int | None  # planner's estimate of the rows to list, None when unknown
+    unit: str  # what the backfill lists: runs (agno 3.x) or sessions (agno 2.x)
+    listed: int = 0
+    logged_at: float = 0.0
+    logged_counted: int = 0
+
+    def page(self, page: Page, result: PollResult, now: float) -> None:
+        self.listed += page.scanned
+        counted = result.counted - self.counted0
+        if counted <= self.logged_counted or now - max(self.logged_at, self.started) < BACKFILL_LOG_EVERY:
+            return
+        self.logged_at, self.logged_counted = now, counted
+        elapsed = max(now - self.started, 1e-9)
+        rate = counted / elapsed
+        left = ""
+        if self.size is not None:
+            remaining = max(0, self.size - self.listed)
+            eta = remaining / (self.listed / elapsed) if self.listed else 0.0
+            left = f"; about {remaining:,} {self.unit} left to list (planner's estimate), {_duration(eta)} more"
+        log.info("backfill of %s: %s runs counted in %s (%s runs/s), %s %s listed%s", self.key, f"{counted:,}",
+                 _duration(elapsed), f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}", f"{self.listed:,}",
+                 self.unit, left)
+
+    def done(self, result: PollResult, now: float) -> None:
+        counted, skipped = result.counted - self.counted0, result.skipped - self.skipped0
+        log.info("backfill of %s finished in %s: %s %s listed, %s runs counted, %s skipped (the rest were"
+                 " counted before)", self.key, _duration(now - self.started), f"{self.listed:,}", self.unit,
+                 f"{counted:,}", f"{skipped:,}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:,.0f} min"
 
 
 def _settle_heap() -> None:
@@ -128,6 +197,7 @@ class RunCollector:
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
+        self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -143,6 +213,12 @@ class RunCollector:
         log.info("state loaded: %d series", self.store.series_count())
         _settle_heap()
 
+    def _window_log(self, reader: Reader) -> WindowLog:
+        wl = self._window_logs.get(reader.key)
+        if wl is None:
+            wl = self._window_logs[reader.key] = WindowLog(log, ".".join(reader.written), self.opts.max_lookback)
+        return wl
+
     async def _watermark(self, reader: Reader) -> Watermark:
         wm = self.watermarks.get(reader.key)
         if wm is None:
@@ -156,12 +232,19 @@ class RunCollector:
         if not self.started:
             await self.start()
         result = PollResult()
-        snap = await self.source.snapshot()
+        try:
+            return await self._poll(result)
+        finally:
+            self._log_poll(result)  # also when the poll failed after counting some pages
+
+    async def _poll(self, result: PollResult) -> PollResult:
         readers = await self.source.refresh()
         if not readers:
             # agno creates its tables on first use: an app that has not run yet is not an error (the
             # source says so every few minutes, agno_exporter_tables says 0).
             return result
+        # After refresh: the snapshot watches the writers of every table about to be read.
+        snap = await self.source.snapshot()
         try:
             for reader in readers:
                 await self._read(reader, await self._watermark(reader), snap, result)
@@ -176,11 +259,11 @@ class RunCollector:
         self._waiting_logged = False
         for reader in readers:
             wm = self.watermarks[reader.key]
-            low, clamped = wm.advance(snap)
-            if clamped:
+            adv = wm.advance(snap.now, snap.writers_of(reader.written))
+            low = adv.low
+            if adv.clamped:
                 self.m.lookback_clamped.inc()
-                log.warning("an open transaction is older than collector.max_lookback; the re-read window is"
-                            " clamped")
+            self._window_log(reader).report(adv, snap.now)
             # An older saved watermark only makes a restart re-read (and skip) a few more runs, so it
             # is written every few seconds, not on every poll (a write and a flush each time).
             if snap.now - self._cursor_saved.get(reader.key, float("-inf")) >= self.opts.cursor_save_interval:
@@ -211,8 +294,12 @@ class RunCollector:
         if wm.low == 0.0 and not self.opts.backfill and not reader.appeared:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
             return
+        progress = None
+        if wm.low == 0.0:
+            size, unit = await reader.backfill_size()
+            progress = _Backfill(reader.key, self.clock(), result.counted, result.skipped, size, unit)
         ready: _Loaded | None = None  # fetched and parsed, waiting for its commit
-        async with contextlib.aclosing(self._chunks(reader, wm, result)) as chunks:
+        async with contextlib.aclosing(self._chunks(reader, wm, result, progress)) as chunks:
             async for chunk in chunks:
                 result.pages += 1
                 known = await self.state.known([c.run_id for c in chunk])
@@ -231,27 +318,33 @@ class RunCollector:
                 ready = await loading if loading is not None else None
         if ready is not None:
             await self._commit(ready, result)
+        if progress is not None:
+            progress.done(result, self.clock())
 
-    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult) -> AsyncGenerator[list[Candidate], None]:
+    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult,
+                      progress: _Backfill | None) -> AsyncGenerator[list[Candidate], None]:
         """Candidate pages in listing order, cut to ``batch_size`` (a page of agno 2.x sessions can
         hold many more runs). Advanced only when no chunk is loading: one query at a time per
         connection."""
         after: Any = None
         while True:
-            if wm.low == 0.0:
+            if progress is not None:
                 page = await reader.backfill(after, self.opts.batch_size)
+                progress.page(page, result, self.clock())
             else:
                 page = await reader.candidate_page(wm.low - self.opts.clock_skew, after, self.opts.batch_size)
             for i in range(0, len(page.items), self.opts.batch_size):
                 yield page.items[i:i + self.opts.batch_size]
-            if wm.low == 0.0 and page.items:
-                log.info("backfill of %s: %d runs counted so far", reader.key, result.counted)
             if page.after is None:
                 return
             after = page.after
 
     async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> _Loaded:
-        """Fetch and parse runs not counted yet: records, malformed rows, and each record's trace root."""
+        """Fetch and parse runs not counted yet: records, malformed rows, and each record's trace root.
+
+        A malformed row is logged when its skip is recorded (:meth:`_commit`), not here: a page
+        whose commit fails is loaded again on the retry.
+        """
         loaded = _Loaded()
         seen: set[str] = set()
         for row in await reader.fetch_runs(todo):
@@ -262,8 +355,8 @@ class RunCollector:
             try:
                 record = build_run_record(row, row.get("run_data"), with_content=self.opts.with_content)
             except BadRow as exc:
-                log.warning("skipping run %s: %s", run_id, exc)
                 loaded.skipped.append((run_id, exc.reason))
+                loaded.details[run_id] = str(exc)
                 continue
             if record.final:
                 loaded.records.append(record)
@@ -272,10 +365,43 @@ class RunCollector:
         return loaded
 
     async def _commit(self, loaded: _Loaded, result: PollResult) -> None:
-        """Count one chunk in one state transaction, then (only then) update memory and self-metrics."""
-        records, skipped, roots = loaded.records, loaded.skipped, loaded.roots
-        trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
+        """Count one chunk in one state transaction; if the state refuses it for a reason that belongs
+        to a run (:data:`ROW_FAULTS`), commit it in halves, recursively, and skip each run the state
+        refuses on its own (reason ``state_rejected``). The other runs are counted exactly once: each
+        part is its own transaction, with the insert of its run ids as the dedupe, and memory is
+        applied after each part's commit. A database fault is raised: the poll retries the page.
+        """
         now = self.clock()
+        try:
+            await self._commit_part(loaded.records, loaded.skipped, loaded, now, result)
+            return
+        except ROW_FAULTS as exc:
+            if not loaded.records:
+                raise  # only skips were written: nothing of a run's can be at fault
+            log.warning("the state refused a page of %d runs (%s): committing it in parts to find the runs it"
+                        " refuses", len(loaded.records), _first_line(exc))
+        parts: list[tuple[list[RunRecord], list[tuple[str, str]]]] = [(loaded.records, loaded.skipped)]
+        while parts:
+            records, skipped = parts.pop()
+            try:
+                await self._commit_part(records, skipped, loaded, now, result)
+            except ROW_FAULTS as exc:
+                if not records:
+                    raise
+                if len(records) == 1:
+                    run_id = records[0].run_id
+                    loaded.details[run_id] = f"the state refused it: {_first_line(exc)}"
+                    parts.append(([], [*skipped, (run_id, STATE_REJECTED)]))
+                else:
+                    half = len(records) // 2
+                    parts.append((records[half:], []))
+                    parts.append((records[:half], skipped))  # popped first: listing order is kept
+
+    async def _commit_part(self, records: list[RunRecord], skipped: list[tuple[str, str]], loaded: _Loaded,
+                           now: float, result: PollResult) -> None:
+        """Count ``records`` in one state transaction, then (only then) update memory and self-metrics."""
+        roots = loaded.roots
+        trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
         staged_box: list[Any] = []
         # Built before the transaction: a session's cost is summed from the very cost observations
         # that go to agno_cost_usd_total (estimates included), and the transaction stays short.
@@ -297,23 +423,54 @@ class RunCollector:
             for reason in rec.sanitized:
                 self.m.rows_sanitized.labels(reason).inc()
             if rec.anomalies:
-                log.warning("run %s (%s %s, %s): inconsistent token numbers stored by agno: %s",
-                            rec.run_id, rec.provider, rec.model, rec.name, ", ".join(rec.anomaly_kinds))
-        for _, reason in skipped:
+                self._note_anomalies(rec, result)
+        for run_id, reason in batch.new_skipped:
             self.m.rows_skipped.labels(reason).inc()
+            result.skipped_by_reason[reason] = result.skipped_by_reason.get(reason, 0) + 1
+            detail = loaded.details.get(run_id, reason)
+            if result.skips_logged < SKIP_WARNINGS_PER_POLL:
+                result.skips_logged += 1
+                log.warning("skipping run %s: %s", run_id, detail)
+            else:
+                log.debug("skipping run %s: %s", run_id, detail)
         for rec in batch.new_records:
             if rec.session_id and len(self._session_checks) < self.opts.max_pending_session_checks:
                 self._session_checks[rec.session_id] = now
         result.counted += len(batch.new_records)
-        result.skipped += len(skipped)
+        result.skipped += len(batch.new_skipped)
         if self.on_commit and batch.new_records:
             self.on_commit(batch.new_records)
+
+    @staticmethod
+    def _note_anomalies(rec: RunRecord, result: PollResult) -> None:
+        """Remember a counted run's token anomalies for the poll's summary line (each run at DEBUG)."""
+        result.anomalous_runs += 1
+        for kind in rec.anomaly_kinds:
+            result.anomalies[kind] = result.anomalies.get(kind, 0) + 1
+        line = f"run {rec.run_id} ({rec.provider} {rec.model}, {rec.name}): {', '.join(rec.anomaly_kinds)}"
+        if len(result.anomaly_examples) < EXAMPLES:
+            result.anomaly_examples.append(line)
+        log.debug("inconsistent token numbers stored by agno: %s", line)
+
+    @staticmethod
+    def _log_poll(result: PollResult) -> None:
+        """The poll's summary lines: skips beyond those logged one by one, and token anomalies."""
+        more = result.skipped - result.skips_logged
+        if more > 0:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.skipped_by_reason.items()))
+            log.warning("%d more runs skipped in this poll (in all %s); each is logged at DEBUG", more, reasons)
+        if result.anomalous_runs:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(result.anomalies.items()))
+            log.warning("%d runs counted with inconsistent token numbers stored by agno (%s), e.g. %s;"
+                        " agno_token_anomalies_total counts them, each run is logged at DEBUG",
+                        result.anomalous_runs, kinds, "; ".join(result.anomaly_examples))
 
     async def _check_sessions(self, now: float) -> None:
         """Compare agno's stored session totals with the sum of the session's runs (agno can lose updates).
 
         A session is compared once all its runs are finished and counted, and a settle time after
-        its last run was counted. Each disagreeing session is counted once and logged once.
+        its last run was counted. Each disagreeing session is counted once; a poll logs one summary
+        line (each session at DEBUG).
         """
         due = [sid for sid, t in self._session_checks.items() if now - t >= self.opts.session_settle]
         if not due:
@@ -348,8 +505,13 @@ class RunCollector:
         await self.state.flag_disagreements(list(disagreeing), compute)
         staged_box[-1].apply()
         for sid, (claimed, summed) in disagreeing.items():
-            log.warning("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d "
-                        "(exported totals come from the runs)", sid, claimed, summed)
+            log.debug("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d",
+                      sid, claimed, summed)
+        examples = "; ".join(f"{sid} (stored {claimed}, runs {summed})"
+                             for sid, (claimed, summed) in list(disagreeing.items())[:EXAMPLES])
+        log.warning("%d sessions whose stored session_metrics disagree with the sum of their runs (exported"
+                    " totals come from the runs), e.g. %s; each is logged at DEBUG and shown by `agno-exporter"
+                    " sessions show ID`", len(disagreeing), examples)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -408,6 +570,10 @@ class RunCollector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
                 wake.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class TopSessions(PromCollector):

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from .db import Database
 from .records import FINAL_STATUSES, run_identity
-from .source import RUN_DATA_PROJECTION, Candidate, Page, group_open_runs, identity_projection
+from .source import RUN_DATA_PROJECTION, Candidate, Page, estimated_rows, group_open_runs, identity_projection
 
 _FINAL = sorted(FINAL_STATUSES)
 _OPEN = ["PENDING", "RUNNING"]
@@ -40,6 +40,10 @@ class LegacySource:
         self.table = f"{schema}.{sessions_table}"
         self.key = f"{self.table}.runs"  # its cursor's name in the state
         self.runs_table = runs_table
+        self.schema = schema
+        self.sessions_table = sessions_table
+        # what agno 2.x writes a run's final status to: its writers hold the watermark (exporter.cursor)
+        self.written = (schema, sessions_table)
         self.appeared = False  # the column's runs appeared while the exporter ran (see AgnoSource.refresh)
         # jsonb in agno 2.x; the cast also accepts a json column, and anything but an array counts as empty
         elems = sql.SQL(
@@ -77,8 +81,8 @@ class LegacySource:
             Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"], r["session_id"])
             for r in rows if r["run_id"] and r["status"] in FINAL_STATUSES
         ]
-        full = len({r["session_id"] for r in rows}) >= limit
-        return Page(items, after(rows[-1]) if full else None)
+        sessions = len({r["session_id"] for r in rows})
+        return Page(items, after(rows[-1]) if sessions >= limit else None, sessions)
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
         """Final runs of the sessions updated at or after ``since``, ``limit`` sessions a page."""
@@ -91,6 +95,10 @@ class LegacySource:
         """Every session holding runs, by primary key: an index range scan a page."""
         where = "session_id > %(after)s" if after is not None else "true"
         return await self._page(where, "session_id", {"after": after}, limit, lambda last: last["session_id"])
+
+    async def backfill_size(self) -> tuple[int | None, str]:
+        """About how many sessions a backfill lists (the sessions table's estimate), and their unit."""
+        return await estimated_rows(self.db, self.schema, self.sessions_table), "sessions"
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """(run id, session id) -> the session's columns a run record needs, with the element as run_data.

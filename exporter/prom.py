@@ -189,7 +189,8 @@ class SelfMetrics:
                              buckets=exponential(0.05, 2, 16), registry=r)
         self.lookback_clamped = Counter(
             "agno_exporter_lookback_clamped",
-            "Polls where an open transaction was older than collector.max_lookback (its runs may be missed).",
+            "Polls where a transaction that may write agno's runs was older than collector.max_lookback "
+            "(runs it commits with older stamps may be missed).",
             registry=r)
         self.watermark = Gauge("agno_exporter_cursor_low_watermark_seconds",
                                "The collector's low watermark (unix time): runs updated after it are re-checked.",

@@ -49,12 +49,16 @@ class Reader(Protocol):
     key: str  # its cursor's name in the state
     # the table appeared while the exporter ran: all its runs are new (read even with backfill off)
     appeared: bool
+    # (schema, table) agno writes a finished run to: whose writers hold the watermark (exporter.cursor)
+    written: tuple[str, str]
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page: ...
 
     async def backfill(self, after: Any, limit: int) -> Page: ...
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]: ...
+
+    async def backfill_size(self) -> tuple[int | None, str]: ...
 
 
 class AgnoSource:
@@ -200,7 +204,9 @@ class AgnoSource:
     # --- merged answers ------------------------------------------------------------------------
 
     async def snapshot(self) -> Snapshot:
-        return await take_snapshot(self.db)
+        """One snapshot for every table read (agno 2.x's runs are in a session table): call it after
+        :meth:`refresh`, so that each reader's table is watched."""
+        return await take_snapshot(self.db, [r.written for r in self.readers])
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """Rows of the given runs, from the runs tables first (they win), then the legacy columns."""

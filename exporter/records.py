@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -232,42 +231,110 @@ class SessionRecord:
 # ``where`` names the field in an error; it comes in parts, joined only when there is an error
 # (a run has dozens of fields: formatting each path up front was a tenth of the parsing time).
 
+# Every number read from agno's rows goes through the validator of its unit (_tokens, _seconds,
+# _usd, _timestamp, _epoch), each with a bound on what one run can plausibly claim. A value beyond
+# its bound is broken (an overflow, a unit error, a provider integration's bug): counting it would
+# make every sum it joins useless forever after, and a value beyond what the state's SQL types
+# hold (bigint, double precision) would make the state refuse the whole page. So the run is a
+# counted skip instead, with the reason naming the unit. The bounds are far beyond any real run;
+# they are constants, not settings, because a lower bound would turn real outliers into skips and
+# a higher one would let broken values through (README, "Bad rows and bounds").
 
-_MAX_FLOAT = sys.float_info.max
+# tokens of one type in one run (and so in one model call or one metrics.details entry): a
+# thousand model calls filling a ten-million-token context window (the largest offered) is 10^10.
+# Far below bigint (9.2e18, the state's session sums) and float64's exact integers (2^53, the
+# counters), so no sum of plausible runs loses a token.
+MAX_RUN_TOKENS = 10**10
+# tokens a session's stored session_metrics may claim: only compared with the runs' sum, never
+# stored; bounded by float64's exact integers so the comparison is exact.
+MAX_SESSION_TOKENS = 2**53
+# a run's duration, TTFT, a model call's or a tool call's duration: agno times them with
+# perf_counter in the process running the run (agno/utils/timer.py; the timer is not stored, so a
+# paused run continued later is timed afresh), so a month is beyond any real run; a larger value
+# is a clock or unit error (e.g. milliseconds stored as seconds).
+MAX_RUN_SECONDS = 30 * 86400.0
+# dollars one run (or one model in it) may cost: a billion tokens at the highest list prices
+# (USD 150 in / 600 out per million tokens) stays below it.
+MAX_RUN_USD = 1e6
+# epoch seconds (agno stamps created_at/updated_at with int(time.time()), tool times with
+# time.time()): before 2100-01-01 UTC. A stamp in milliseconds or microseconds (>= 10^12) is a
+# unit error; the bound also keeps times well inside OpenTelemetry's int64 nanoseconds (year 2262).
+MAX_TIMESTAMP = 4_102_444_800
+
+# the BadRow reason of each bound: bounded label values of agno_exporter_rows_skipped_total
+TOKENS_OUT_OF_RANGE = "tokens_out_of_range"
+SECONDS_OUT_OF_RANGE = "seconds_out_of_range"
+COST_OUT_OF_RANGE = "cost_out_of_range"
+TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 
 
 def _path(where: tuple[Any, ...]) -> str:
     return "".join(map(str, where))
 
 
-def _num(value: Any, *where: Any) -> float | None:
-    """A non-negative finite number, or None when absent. bool is not a number here."""
+def _show(value: int | float) -> str:
+    """A number for an error message, short even when it has hundreds of digits."""
+    if isinstance(value, int) and abs(value) >= 10**21:
+        return f"a {len(str(abs(value)))}-digit number"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _bounded(value: Any, limit: float, reason: str, unit: str, *where: Any) -> float | None:
+    """A non-negative finite number up to ``limit``, or None when absent. bool is not a number here.
+
+    Raises BadRow: wrong_type, not_finite, negative, or ``reason`` when above ``limit``.
+    """
     if value is None:
         return None
-    if type(value) is float and 0.0 <= value <= _MAX_FLOAT:  # the common case first (NaN fails it)
-        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRow("wrong_type", f"{_path(where)} is {type(value).__name__}, expected a number")
     if isinstance(value, float) and not math.isfinite(value):
         raise BadRow("not_finite", f"{_path(where)} is {value}")
     if value < 0:
-        raise BadRow("negative", f"{_path(where)} is {value}")
+        raise BadRow("negative", f"{_path(where)} is {_show(value)}")
+    if value > limit:
+        raise BadRow(reason, f"{_path(where)} is {_show(value)}, more than {limit:,.0f} {unit}")
     return float(value)
 
 
-def _tokens(value: Any, *where: Any) -> int:
-    if type(value) is int and value >= 0:  # the common case first
+def _seconds(value: Any, *where: Any) -> float | None:
+    """A duration in seconds (at most MAX_RUN_SECONDS), or None when absent."""
+    if type(value) is float and 0.0 <= value <= MAX_RUN_SECONDS:  # the common case first (NaN fails it)
         return value
+    return _bounded(value, MAX_RUN_SECONDS, SECONDS_OUT_OF_RANGE, "seconds in one run", *where)
+
+
+def _usd(value: Any, *where: Any) -> float | None:
+    """US dollars (at most MAX_RUN_USD), or None when absent."""
+    if type(value) is float and 0.0 <= value <= MAX_RUN_USD:
+        return value
+    return _bounded(value, MAX_RUN_USD, COST_OUT_OF_RANGE, "USD in one run", *where)
+
+
+def _timestamp(value: Any, *where: Any) -> float | None:
+    """Epoch seconds (before MAX_TIMESTAMP), or None when absent."""
+    if type(value) is float and 0.0 <= value <= MAX_TIMESTAMP:
+        return value
+    return _bounded(value, MAX_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, "epoch seconds (2100-01-01; milliseconds?)",
+                    *where)
+
+
+def _count(value: Any, limit: int, unit: str, *where: Any) -> int:
+    """A whole number of tokens up to ``limit``; absent is 0. A float that is whole is accepted (JSON
+    has one number type; orjson reads integers beyond 64 bits as floats)."""
     if value is None:
         return 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise BadRow("negative", f"{_path(where)} is {value}")
+    if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+        raise BadRow("wrong_type", f"{_path(where)} is {_show(value)}, expected a whole number")
+    num = _bounded(value, limit, TOKENS_OUT_OF_RANGE, unit, *where)
+    return 0 if num is None else int(value)
+
+
+def _tokens(value: Any, *where: Any) -> int:
+    """Tokens of one type in one run, one model call or one metrics.details entry (<= MAX_RUN_TOKENS)."""
+    if type(value) is int and 0 <= value <= MAX_RUN_TOKENS:  # the common case first
         return value
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    num = _num(value, *where)  # raises with the precise reason
-    raise BadRow("wrong_type", f"{_path(where)} is {num}, expected a whole number")
+    return _count(value, MAX_RUN_TOKENS, "tokens in one run", *where)
 
 
 def _obj(value: Any, *where: Any) -> Mapping[str, Any]:
@@ -299,7 +366,10 @@ def _str(value: Any) -> str | None:
 
 
 def _epoch(value: Any, *where: Any) -> int:
-    num = _num(value, *where)
+    """Whole epoch seconds (before MAX_TIMESTAMP); absent is 0."""
+    if type(value) is int and 0 <= value <= MAX_TIMESTAMP:  # agno's BIGINT columns: the common case
+        return value
+    num = _timestamp(value, *where)
     return int(num) if num is not None else 0
 
 
@@ -472,7 +542,7 @@ def _details(
             counts = _counts(entry, "metrics.details.", role, "[", i, "].")
             total = entry.get("total_tokens")
             entries.append(_Entry(role, m_id, m_provider, counts, total if type(total) is int else None))
-            cost = _num(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
+            cost = _usd(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
             if cost:
                 costs.append(ModelCost(role, m_id, m_provider, cost))
     return entries, costs
@@ -514,7 +584,7 @@ def _token_split(
                 excess -= take
                 if not excess:
                     break
-    run_cost = _num(metrics.get("cost"), "metrics.cost")
+    run_cost = _usd(metrics.get("cost"), "metrics.cost")
     if run_cost and not costs:
         costs = [ModelCost("model", model, provider, run_cost)]
     tokens = tuple(TokenUsage(k[0], k[1], k[2], k[3], n) for k, n in usages.items() if n)
@@ -558,7 +628,7 @@ def _counts(metrics: Mapping[str, Any], *where: Any) -> dict[str, int]:
     for f, t in TOKEN_FIELDS:
         v = metrics.get(f)
         # the common cases inline: a run has a dozen of these objects
-        counts[t] = v if type(v) is int and v >= 0 else 0 if v is None else _tokens(v, *where, f)
+        counts[t] = v if type(v) is int and 0 <= v <= MAX_RUN_TOKENS else 0 if v is None else _tokens(v, *where, f)
     return counts
 
 
@@ -628,7 +698,7 @@ def _model_calls(
             for tc in _list(requested, "messages[", i, "].tool_calls")
         ) if requested is not None else ()
         content = msg.get("content") if with_content else None
-        duration = _num(metrics.get("duration"), "messages[", i, "].metrics.duration")
+        duration = _seconds(metrics.get("duration"), "messages[", i, "].metrics.duration")
         calls.append(
             ModelCall(
                 index=len(calls),
@@ -638,8 +708,8 @@ def _model_calls(
                 input_tokens=counts["input"],
                 output_tokens=counts["output"],
                 duration=duration,
-                time_to_first_token=_num(metrics.get("time_to_first_token"), "messages[", i,
-                                         "].metrics.time_to_first_token"),
+                time_to_first_token=_seconds(metrics.get("time_to_first_token"), "messages[", i,
+                                             "].metrics.time_to_first_token"),
                 created_at=_epoch(msg.get("created_at"), "messages[", i, "].created_at") or None,
                 tool_call_ids=tool_ids,
                 content=content if isinstance(content, str) else None,
@@ -667,9 +737,9 @@ def _tool_calls(tools: list[Any], sanitized: list[str]) -> tuple[ToolCall, ...]:
     for i, tool in enumerate(tools):
         tool = _obj(tool, "tools[", i, "]")
         metrics = _obj(tool.get("metrics"), "tools[", i, "].metrics")
-        start = _num(metrics.get("start_time"), "tools[", i, "].metrics.start_time")
-        end = _num(metrics.get("end_time"), "tools[", i, "].metrics.end_time")
-        duration = _num(metrics.get("duration"), "tools[", i, "].metrics.duration")
+        start = _timestamp(metrics.get("start_time"), "tools[", i, "].metrics.start_time")
+        end = _timestamp(metrics.get("end_time"), "tools[", i, "].metrics.end_time")
+        duration = _seconds(metrics.get("duration"), "tools[", i, "].metrics.duration")
         if duration is None and start is not None and end is not None and end >= start:
             duration = end - start
         calls.append(
@@ -791,8 +861,8 @@ def build_run_record(
         updated_at=_epoch(row.get("updated_at", run_data.get("updated_at")), "updated_at"),
         model=model,
         provider=provider,
-        duration=_num(metrics.get("duration"), "metrics.duration"),
-        time_to_first_token=_num(metrics.get("time_to_first_token"), "metrics.time_to_first_token"),
+        duration=_seconds(metrics.get("duration"), "metrics.duration"),
+        time_to_first_token=_seconds(metrics.get("time_to_first_token"), "metrics.time_to_first_token"),
         totals=totals,
         tokens=tokens,
         costs=costs,
@@ -829,7 +899,8 @@ def build_session_record(row: Mapping[str, Any]) -> SessionRecord:
     name = run_label(_str(data.get("name")), entity_id, sanitized)
     session_data = _obj(row.get("session_data"), "session_data")
     sm = _obj(session_data.get("session_metrics"), "session_data.session_metrics")
-    totals = {t: _tokens(sm.get(f), f"session_metrics.{f}") for f, t in TOKEN_FIELDS}
+    totals = {t: _count(sm.get(f), MAX_SESSION_TOKENS, "tokens in one session", f"session_metrics.{f}")
+              for f, t in TOKEN_FIELDS}
     return SessionRecord(
         session_id=session_id,
         session_type=session_type,
@@ -839,7 +910,7 @@ def build_session_record(row: Mapping[str, Any]) -> SessionRecord:
         created_at=_epoch(row.get("created_at"), "created_at"),
         updated_at=_epoch(row.get("updated_at"), "updated_at"),
         totals=totals,
-        cost_usd=_num(sm.get("cost"), "session_metrics.cost"),
+        cost_usd=_bounded(sm.get("cost"), math.inf, COST_OUT_OF_RANGE, "USD", "session_metrics.cost"),
     )
 
 
@@ -886,12 +957,12 @@ def stored_metrics(metrics: Any, where: str = "metrics") -> StoredMetrics:
             details.append(StoredModelMetrics(
                 model_role=str(role), id=_str(entry.get("id")) or "", provider=_str(entry.get("provider")) or "",
                 tokens={f: _tokens(entry.get(f), where, ".details.", role, "[", i, "].", f) for f in AGNO_TOKEN_FIELDS},
-                cost=_num(entry.get("cost"), where, ".details.", role, "[", i, "].cost")))
+                cost=_usd(entry.get("cost"), where, ".details.", role, "[", i, "].cost")))
     return StoredMetrics(
-        tokens={f: _tokens(m.get(f), where, ".", f) for f in AGNO_TOKEN_FIELDS},
-        cost=_num(m.get("cost"), where, ".cost"),
-        duration=_num(m.get("duration"), where, ".duration"),
-        time_to_first_token=_num(m.get("time_to_first_token"), where, ".time_to_first_token"),
+        tokens={f: _count(m.get(f), MAX_SESSION_TOKENS, "tokens", where, ".", f) for f in AGNO_TOKEN_FIELDS},
+        cost=_bounded(m.get("cost"), math.inf, COST_OUT_OF_RANGE, "USD", where, ".cost"),
+        duration=_seconds(m.get("duration"), where, ".duration"),
+        time_to_first_token=_seconds(m.get("time_to_first_token"), where, ".time_to_first_token"),
         details=tuple(details),
     )
 

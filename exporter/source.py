@@ -8,17 +8,18 @@ All SQL against agno's schema lives here. Identifiers from config or the catalog
 one statement on a read-only connection (atomic by itself, so no BEGIN/COMMIT round trips), short,
 so the exporter never holds back vacuum on the app's database.
 
-Finding new finished runs without losing any (see :mod:`exporter.cursor` for the proof sketch):
-every poll first takes ``pg_current_snapshot()`` and the database clock; candidates are the runs
-in a final status whose ``updated_at`` is at or after the low watermark, listed as
-``(updated_at, run_id)`` pages (light: no JSON); only the ids not counted yet are fetched whole.
+Finding new finished runs without losing any (see :mod:`exporter.cursor` for the argument): every
+poll first reads the database clock and the transactions that may write agno's tables
+(:func:`take_snapshot`); candidates are the runs in a final status whose ``updated_at`` is at or
+after the low watermark, listed as ``(updated_at, run_id)`` pages (light: no JSON); only the ids not
+counted yet are fetched whole.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
@@ -31,17 +32,18 @@ _FINAL = sorted(FINAL_STATUSES)
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the database said at the start of a poll."""
+    """What the database said at the start of a poll (see :mod:`exporter.cursor`)."""
 
-    now: float  # database clock, unix seconds
-    xmin: int
-    xmax: int
-    xip: tuple[int, ...]  # transactions in progress
+    now: float  # database time the snapshot statement began (statement_timestamp()), unix seconds
+    # per watched table (schema, table): the start (xact_start, unix seconds) of each transaction of
+    # agno's database holding or awaiting a lock that allows writing its rows; None where Postgres
+    # does not show it (another role's session without pg_read_all_stats; a prepared transaction)
+    writers: Mapping[tuple[str, str], tuple[float | None, ...]] = field(default_factory=dict)
 
-    @classmethod
-    def parse(cls, now: float, text: str) -> Snapshot:
-        xmin, xmax, xip = text.split(":")
-        return cls(now, int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
+    def writers_of(self, table: tuple[str, str]) -> tuple[float | None, ...]:
+        """The writers of ``table``; a table the snapshot did not watch counts as one writer of unknown
+        start, which holds the watermark where it is (never a reason to advance it)."""
+        return self.writers.get(table, (None,))
 
 
 @dataclass(frozen=True)
@@ -140,15 +142,37 @@ def group_open_runs(rows: Iterable[Mapping[str, Any]], limit: int | None = None)
     return sorted(groups.values(), key=lambda g: -g["n"])[:limit]
 
 
-async def take_snapshot(db: Database) -> Snapshot:
-    """The snapshot and clock a poll starts from (see :mod:`exporter.cursor`)."""
+# Lock modes that allow writing a table's rows: INSERT/UPDATE/DELETE/MERGE/COPY take RowExclusiveLock;
+# a transaction holding a stronger mode may write too (postgres docs, "Table-Level Locks").
+WRITE_LOCKS = ["RowExclusiveLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+
+_SNAPSHOT = """
+SELECT extract(epoch FROM statement_timestamp())::float8 AS now, w.i, w.start
+FROM (VALUES (1)) AS one(x) LEFT JOIN (
+  SELECT DISTINCT t.i, l.virtualtransaction, l.pid, extract(epoch FROM a.xact_start)::float8 AS start
+  FROM unnest(%(schemas)s::text[], %(tables)s::text[]) WITH ORDINALITY AS t(s, n, i)
+  JOIN pg_locks l ON l.locktype = 'relation'
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.relation = to_regclass(quote_ident(t.s) || '.' || quote_ident(t.n))
+   AND l.mode = ANY(%(modes)s)
+  LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+) AS w ON true"""
+
+
+async def take_snapshot(db: Database, tables: Sequence[tuple[str, str]]) -> Snapshot:
+    """The clock and the possible writers of ``tables`` (schema, table) a poll starts from, in one
+    statement (see :mod:`exporter.cursor`): the transactions of agno's database that hold or await
+    a write lock on each table, with their start times. ``pg_locks`` is readable by every role;
+    ``xact_start`` of other roles' sessions needs ``pg_read_all_stats`` (else None)."""
     async with db.statement() as conn:
-        cur = await conn.execute(
-            "SELECT pg_current_snapshot()::text AS snap, extract(epoch FROM clock_timestamp())::float8 AS now"
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    return Snapshot.parse(row["now"], row["snap"])
+        cur = await conn.execute(_SNAPSHOT, {"schemas": [t[0] for t in tables], "tables": [t[1] for t in tables],
+                                             "modes": WRITE_LOCKS})
+        rows = await cur.fetchall()
+    writers: dict[tuple[str, str], list[float | None]] = {t: [] for t in tables}
+    for r in rows:
+        if r["i"] is not None:
+            writers[tables[r["i"] - 1]].append(r["start"])
+    return Snapshot(rows[0]["now"], {t: tuple(w) for t, w in writers.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +189,18 @@ class Page:
 
     items: list[Candidate]
     after: Any
+    scanned: int = 0  # rows of the listed table this page went through (runs, or agno 2.x sessions)
+
+
+async def estimated_rows(db: Database, schema: str, table: str) -> int | None:
+    """The planner's estimate of a table's rows (``pg_class.reltuples``; free to read, as fresh as the
+    last ANALYZE or VACUUM), None when the table was never analyzed or does not exist."""
+    async with db.statement() as conn:
+        cur = await conn.execute(
+            "SELECT c.reltuples::float8 AS n FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
+            " WHERE s.nspname = %s AND c.relname = %s", (schema, table))
+        row = await cur.fetchone()
+    return int(row["n"]) if row is not None and row["n"] >= 0 else None
 
 
 # The parts of run_data that exporter.records reads, cut out by Postgres: prompts, tool results,
@@ -217,13 +253,14 @@ class RunsSource:
         self.sessions_table = sessions_table
         self.key = f"{schema}.{runs_table}"  # its cursor's name in the state
         self.appeared = False  # the table appeared while the exporter ran (see AgnoSource.refresh)
+        self.written = (schema, runs_table)  # what agno writes a run's final status to (exporter.cursor)
         self._runs = sql.Identifier(schema, runs_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
         # run id -> (run type, name label), of the runs open at the last poll
         self._open_names: dict[str, tuple[str, str]] = {}
 
     async def snapshot(self) -> Snapshot:
-        return await take_snapshot(self.db)
+        return await take_snapshot(self.db, [self.written])
 
     async def candidates(self, since: float, after: tuple[int, str] | None, limit: int) -> list[Candidate]:
         """Finished runs updated at or after ``since``, in (updated_at, run_id) order after ``after``."""
@@ -255,11 +292,15 @@ class RunsSource:
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
         items = await self.candidates(since, after, limit)
-        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None)
+        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None, len(items))
 
     async def backfill(self, after: Any, limit: int) -> Page:
         items = await self.backfill_page(after, limit)
-        return Page(items, items[-1].run_id if len(items) == limit else None)
+        return Page(items, items[-1].run_id if len(items) == limit else None, len(items))
+
+    async def backfill_size(self) -> tuple[int | None, str]:
+        """About how many rows a backfill lists (all statuses: the estimate is the table's), and their unit."""
+        return await estimated_rows(self.db, self.schema, self.runs_table), "runs"
 
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """(run id, session id) pairs -> rows; the session id is not needed here (run_id is the key)."""
@@ -406,11 +447,12 @@ class SpansSource:
         self.spans_table = spans_table
         self.traces_table = traces_table
         self.key = f"{schema}.{spans_table}"
+        self.written = (schema, spans_table)  # agno inserts its spans there (exporter.cursor)
         self._spans = sql.Identifier(schema, spans_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in SPAN_COLUMNS)
 
     async def snapshot(self) -> Snapshot:
-        return await take_snapshot(self.db)
+        return await take_snapshot(self.db, [self.written])
 
     async def tables(self) -> list[str]:
         """Which of agno's two tracing tables exist (for `check`)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -70,6 +70,9 @@ class Counted:
 class BatchResult:
     new_records: list[RunRecord]
     new_sessions: list[tuple[str, str]]  # (run_type, name) of sessions seen for the first time
+    # (run id, reason) of the skips recorded by this batch: a skip already recorded (by an earlier
+    # process or a replica) is not in it, so each skip is counted and logged once
+    new_skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 # Called inside the batch transaction with what was really new; returns the series rows to write.
@@ -308,6 +311,10 @@ class PostgresState:
         ``costs``: run id -> (reported, estimated) US dollars, what the run adds to
         ``agno_cost_usd_total`` (:func:`exporter.prom.cost_of`), summed into its session; a run
         missing from it adds its reported cost only.
+
+        Raises what psycopg raises; nothing is written then. A value the state cannot hold (e.g.
+        ``psycopg.DataError`` "bigint out of range") belongs to a record: the collector commits the
+        page in parts to find it (:meth:`exporter.collector.RunCollector._commit`).
         """
         async with self.db.transaction() as conn:
             new_ids: set[str] = set()
@@ -329,23 +336,26 @@ class PostgresState:
                     ),
                 )
                 new_ids = {r["run_id"] for r in await cur.fetchall()}
+            new_skipped: list[tuple[str, str]] = []
             if skipped:
                 # Malformed rows are remembered so they are neither re-parsed every poll nor counted later.
-                await conn.execute(
+                cur = await conn.execute(
                     self._q(
                         "INSERT INTO {s}.runs (source, run_id, root_run_id, status, counted_at, traces_exported)"
                         " SELECT %s, id, id, 'SKIPPED:' || reason, %s, true"
                         " FROM unnest(%b::text[], %b::text[]) AS t(id, reason) ON CONFLICT DO NOTHING"
+                        " RETURNING run_id, substr(status, 9) AS reason"
                     ),
                     (self.source, now, [s[0] for s in skipped], [s[1] for s in skipped]),
                 )
+                new_skipped = [(r["run_id"], r["reason"]) for r in await cur.fetchall()]
             fresh = [r for r in records if r.run_id in new_ids]
             new_sessions = await self._sessions(conn, fresh, now, costs or {})
             rows = compute(fresh, new_sessions)
             await self._write_series(conn, rows)
-        await self._grew("runs", len(new_ids) + len(skipped))
+        await self._grew("runs", len(new_ids) + len(new_skipped))
         await self._grew("sessions", len(new_sessions))
-        return BatchResult(fresh, new_sessions)
+        return BatchResult(fresh, new_sessions, new_skipped)
 
     async def _write_series(self, conn: psycopg.AsyncConnection[dict[str, Any]], rows: Sequence[SeriesRow]) -> None:
         if not rows:

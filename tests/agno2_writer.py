@@ -48,6 +48,9 @@ from agno.run.base import RunStatus
 from agno.team import Team
 
 DONE = {RunStatus.completed, RunStatus.error, RunStatus.cancelled}
+# How long to wait for agno to store a run (generous: a loaded machine is only slower). This script
+# runs in agno 2.9's virtualenv and imports nothing of the tests' (support.DEADLINE is the same).
+DEADLINE = 60.0
 PROMPT = "What is the stock price of AAPL?"
 UNREACHABLE = "http://127.0.0.1:9/v1"  # discard port: connection refused
 
@@ -86,7 +89,7 @@ class App:
         return Team(name=name, model=self.model(), members=[member], db=self.db, telemetry=False,
                     store_member_responses=store_member_responses)
 
-    async def wait(self, runner: Agent | Team, run_id: str, session_id: str, timeout: float = 30) -> Any:
+    async def wait(self, runner: Agent | Team, run_id: str, session_id: str, timeout: float = DEADLINE) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = await runner.aget_run_output(run_id=run_id, session_id=session_id)
@@ -166,7 +169,7 @@ class App:
 
         pending = [t for mod in (agent_run, team_run) for t in getattr(mod, "_background_tasks", ())]
         if pending:
-            await asyncio.wait(pending, timeout=10)
+            await asyncio.wait(pending, timeout=DEADLINE)
         # agno keeps one openai client per model and never closes it.
         for m in self._models:
             for attr in ("async_client", "client"):
@@ -216,7 +219,8 @@ async def scenario_stuck(app: App) -> None:
     agent = app.agent("StuckAgent")
     pending = await agent.arun(PROMPT + " [sim:fail=timeout]", background=True)
     seen = None
-    for _ in range(200):
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
         with app.db.Session() as sess:
             table = f'"{app.db.db_schema}"."{app.db.session_table_name}"'
             runs = sess.execute(text(f"SELECT runs FROM {table} WHERE session_id = :s"),

@@ -7,6 +7,7 @@ malformed-input tests) and compare the exporter's numbers with agno's own API.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from agno.db.postgres import PostgresDb
 from agno.models.openai import OpenAIChat
 from agno.run.base import RunStatus
 from agno.team import Team
-from support import sqlalchemy_url
+from support import DEADLINE, sqlalchemy_url
 
 DONE = {RunStatus.completed, RunStatus.error, RunStatus.cancelled}
 
@@ -63,12 +64,13 @@ class AgnoApp:
         else:
             pending = await runner.arun(prompt, background=True, session_id=session_id)
             run_id, sid = pending.run_id, pending.session_id
-        for _ in range(300):
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
             out = await runner.aget_run_output(run_id=run_id, session_id=sid)
             if out is not None and out.status in DONE:
                 return out
             await asyncio.sleep(0.05)
-        raise AssertionError(f"run {run_id} did not finish")
+        raise AssertionError(f"run {run_id} did not finish in {DEADLINE:g}s")
 
     async def close(self) -> None:
         from agno.run.background import await_background_runs

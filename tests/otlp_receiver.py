@@ -122,7 +122,7 @@ class OtlpReceiver:
             self._spans.clear()
             self._requests.clear()
 
-    def wait_for_spans(self, count: int, timeout: float = 5.0) -> list[ReceivedSpan]:
+    def wait_for_spans(self, count: int, timeout: float = 60.0) -> list[ReceivedSpan]:
         """Block until at least ``count`` spans were accepted (sync tests only)."""
         with self._lock:
             if not self._lock.wait_for(lambda: len(self._spans) >= count, timeout):
@@ -201,7 +201,7 @@ class OtlpReceiver:
 
     def _call(self, coro: Any) -> Any:
         assert self._loop is not None, "receiver not started"
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
 
     def start(self) -> OtlpReceiver:
         loop = asyncio.new_event_loop()

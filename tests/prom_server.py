@@ -60,7 +60,7 @@ class PromServer:
             }],
         }, indent=1)
 
-    def start(self, timeout: float = 30.0) -> PromServer:
+    def start(self, timeout: float = 60.0) -> PromServer:
         binary = prometheus_binary()
         self.dir = Path(tempfile.mkdtemp(prefix="aeprom-"))
         (self.dir / "prometheus.yml").write_text(self.config())

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry
+from support import DEADLINE
 
 from exporter.agents import LlmTarget, RunnerFactory, agno_db
 from exporter.config import JobSpec, load_settings
@@ -58,11 +59,11 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
-async def until(predicate: Any, timeout: float = 15.0, step: float = 0.02) -> None:
+async def until(predicate: Any, timeout: float = DEADLINE, step: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"condition not met in {timeout:g}s")
         await asyncio.sleep(step)
 
 

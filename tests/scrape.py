@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from support import DEADLINE
 
 
 async def scrape_text(port: int, accept: str = "text/plain", auth: aiohttp.BasicAuth | None = None) -> str:
@@ -41,12 +43,12 @@ def _match(labels: Mapping[str, str], match: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in match.items())
 
 
-async def scrape_until(port: int, done: Callable[[Samples], bool], timeout: float = 10.0) -> Samples:
-    """Scrape every 100 ms until ``done`` holds (or the timeout); returns the last scrape for assertions."""
+async def scrape_until(port: int, done: Callable[[Samples], bool], timeout: float = DEADLINE) -> Samples:
+    """Scrape every 100 ms until ``done`` holds (or ``timeout`` seconds passed: then the caller's
+    assertions say what is missing); returns the last scrape for assertions."""
+    deadline = time.monotonic() + timeout
     s = Samples(await scrape_text(port))
-    for _ in range(int(timeout / 0.1)):
-        if done(s):
-            break
+    while not done(s) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
         s = Samples(await scrape_text(port))
     return s

@@ -14,8 +14,9 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,31 @@ T = TypeVar("T")
 
 # Programs the suite runs that pip cannot install, and how to get them (Debian/Ubuntu).
 SYSTEM_TOOLS = {"prometheus": "apt-get install prometheus", "promtool": "apt-get install prometheus"}
+# How long a test waits for a condition before it fails. Generous: a loaded machine only makes a test
+# slower, never failing; a test that works returns as soon as its condition holds.
+DEADLINE = 60.0
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = DEADLINE, step: float = 0.05) -> None:
+    """Wait until ``condition()`` (in-process state, no blocking I/O) holds; AssertionError naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(step)
+
+
+def polls_done(registry: Any) -> float:
+    """Successful polls of a service's collector so far (its poll duration histogram's count)."""
+    return float(registry.get_sample_value("agno_exporter_poll_duration_seconds_count") or 0.0)
+
+
+async def more_polls(registry: Any, n: int = 3) -> None:
+    """Wait until the collector has finished ``n`` more polls: "nothing more happens" is then
+    checked over polls that really ran, however slow the machine."""
+    target = polls_done(registry) + n
+    await eventually(lambda: polls_done(registry) >= target, f"{n} more polls")
 
 
 class ThreadLoop:

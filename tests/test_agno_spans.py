@@ -30,8 +30,8 @@ from agno.db.postgres import PostgresDb
 from agno.tracing.schemas import Span as AgnoSpan
 from agno.tracing.schemas import create_trace_from_spans
 from otlp_receiver import OtlpReceiver, ReceivedSpan
-from scrape import Samples, scrape_text
-from support import sqlalchemy_url
+from scrape import Samples, scrape_text, scrape_until
+from support import DEADLINE, sqlalchemy_url
 from test_collect_e2e import make_service
 from test_traces_e2e import wait_until
 
@@ -105,13 +105,22 @@ def run_traced_app(db_url: str, sim_url: str, runs: int, batch: bool = False) ->
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
     """Wait on in-process state (no database reads)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def more_polls(service: Service, n: int = 3) -> None:
+    """Wait for ``n`` more polls of agno's spans table: "nothing more arrives" is then checked over
+    polls that really ran, however slow the machine."""
+    poller = service.span_poller
+    assert poller is not None
+    target = poller.polls + n
+    await wait_for(lambda: poller.polls >= target, f"{n} more polls of agno's spans")
 
 
 def check_forwarded(received: list[ReceivedSpan], rows: dict[str, dict[str, Any]]) -> None:
@@ -160,8 +169,9 @@ async def _every_span_once(db_url: str, sim_url: str, rx: OtlpReceiver) -> None:
         await asyncio.to_thread(run_traced_app, db_url, sim_url, 1, True)
         rows = await asyncio.to_thread(span_rows, db_url)
         await wait_until(all_exported(db_url, set(rows)), "the spans of the second app run forwarded")
-        await asyncio.sleep(0.3)  # more polls and passes: nothing more may arrive
-        first = Samples(await scrape_text(service.port))
+        await more_polls(service)  # nothing more may arrive
+        first = await scrape_until(service.port, lambda s: s.sum(
+            "agno_exporter_spans_exported_total", origin="agno_tracing") >= len(rows))
     finally:
         await service.stop()
     # two agent runs and two team runs, each a trace: run, model call, tool and delegation spans
@@ -188,7 +198,7 @@ async def _every_span_once(db_url: str, sim_url: str, rx: OtlpReceiver) -> None:
         await wait_for(lambda: poller.polls >= 3, "polls after the restart")
         window = since_text(poller.watermark.low - service.settings.collector.clock_skew)
         assert sum(r["created_at"] >= window for r in rows.values()) > 0  # spans already sent were re-read
-        await asyncio.sleep(0.3)
+        await more_polls(service)
         again = Samples(await scrape_text(service.port))
     finally:
         await service.stop()
@@ -236,8 +246,9 @@ async def _backend_down(db_url: str, sim_url: str, rx: OtlpReceiver) -> None:
         await wait_for(failing(service), "failed exports after the restart")
         await asyncio.to_thread(rx.up)
         await wait_until(all_exported(db_url, set(rows)), "the queue drained after the backend came back")
-        await asyncio.sleep(0.3)
-        back = Samples(await scrape_text(service.port))
+        await more_polls(service)
+        back = await scrape_until(service.port, lambda s: s.sum(
+            "agno_exporter_spans_exported_total", origin="agno_tracing") >= len(rows))
     finally:
         await service.stop()
     check_forwarded(forwarded(rx.spans()), rows)
@@ -291,16 +302,21 @@ async def _late_commit(db_url: str, rx: OtlpReceiver) -> None:
     await run_check(settings, out)
     assert "agno tracing tables: ai.agno_spans, ai.agno_traces; spans forwarded" in out.getvalue()
 
-    # A tight clock_skew, so only the snapshot logic (not the slack) can keep the late span.
-    service = forwarding_service(db_url, rx, poll_interval="50ms", clock_skew="100ms")
+    # A clock_skew (1 s) far shorter than the time that passes below, so only the watermark (not the
+    # slack) can keep the late span; it covers agno stamping a span just before inserting it.
+    service = forwarding_service(db_url, rx, poll_interval="50ms", clock_skew="1s")
     await service.start()
     late_conn = await asyncio.to_thread(psycopg.connect, db_url)
     try:
         poller = service.span_poller
         await wait_until(all_exported(db_url, {root.span_id}), "the first span forwarded")
         # agno stamps created_at, then its transaction inserts the span and commits late.
-        late = agno_span(trace, "00f067aa0ba902b7", "OpenAIChat.ainvoke", now, parent=root.span_id).to_dict()
-        await asyncio.to_thread(insert_span, late_conn, late)  # transaction left open
+        def stamp_and_insert() -> dict[str, Any]:
+            row = agno_span(trace, "00f067aa0ba902b7", "OpenAIChat.ainvoke", now, parent=root.span_id).to_dict()
+            insert_span(late_conn, row)  # transaction left open
+            return row
+
+        late = await asyncio.to_thread(stamp_and_insert)
         bad_ids = {**agno_span(trace, "e457b5a2e4d86bd1", "bad", now).to_dict(), "parent_span_id": "not-hex"}
         bad_time = {**agno_span(trace, "5b8efff798038103", "bad", now).to_dict(), "start_time": "yesterday"}
         later = agno_span(trace, "a1b2c3d4e5f60718", "get_stock_price", now, parent=root.span_id).to_dict()
@@ -309,16 +325,16 @@ async def _late_commit(db_url: str, rx: OtlpReceiver) -> None:
                 insert_span(conn, row)
         await wait_until(all_exported(db_url, {later["span_id"], bad_ids["span_id"], bad_time["span_id"]}),
                          "the committed spans forwarded or skipped")
-        polls = poller.polls
-        await asyncio.sleep(1.5)  # well past clock_skew and into the next second: many polls
-        assert poller.polls >= polls + 10
+        polls, waited = poller.polls, time.monotonic()
+        # well past clock_skew and into later seconds, over many polls
+        await wait_for(lambda: poller.polls >= polls + 10 and time.monotonic() - waited >= 3.0, "ten polls and 3 s")
         assert late["span_id"] not in await asyncio.to_thread(queue_state, db_url)
         # The open transaction holds the watermark back, so the late span stays in the re-read window.
-        assert since_text(poller.watermark.low - 0.1) <= late["created_at"]
+        assert since_text(poller.watermark.low - 1.0) <= late["created_at"]
         await asyncio.to_thread(late_conn.commit)
         await wait_until(all_exported(db_url, {late["span_id"]}), "the late span forwarded after its commit")
-        await asyncio.sleep(0.2)
-        metrics = Samples(await scrape_text(service.port))
+        metrics = await scrape_until(service.port, lambda s: s.sum(
+            "agno_exporter_spans_exported_total", origin="agno_tracing") >= 3)
     finally:
         await asyncio.to_thread(late_conn.close)
         await service.stop()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
 from agno_app import AgnoApp
 from scrape import Samples, scrape_text
+from support import DEADLINE
 from truth import assert_matches_agno, run_truth
 
 from exporter.config import load_settings
@@ -26,13 +28,15 @@ def make_service(db_url: str, **sections: dict[str, Any]) -> Service:
     return Service(load_settings(None, environ={}, overrides=overrides))
 
 
-async def wait_counted(service: Service, n: int, timeout: float = 20) -> None:
-    for _ in range(int(timeout / 0.05)):
+async def wait_counted(service: Service, n: int, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
         total = sum(v.total for v in service.store.series("agno_runs").values())
         if total >= n and service.collector.ready:
             return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {n} runs counted, have {total} after {timeout:g}s")
         await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {n} runs counted, have {total}")
 
 
 def stored_runs(db_url: str) -> list[dict[str, Any]]:

@@ -1,5 +1,10 @@
 """High availability: two replicas on one database; exactly one collects; kill -9 the leader, the
-other takes over within two poll intervals, and totals stay exact across the handover."""
+other takes over at one of its next polls, and totals stay exact across the handover.
+
+The takeover time is printed (README, Reliability): on an idle machine half a second at a 200 ms
+poll interval. The test bounds it by TAKEOVER: far above what a loaded machine needs, far below a
+standby that would not try the lock at each poll or a lock left to a TCP timeout (keepalives: 30 s
+idle + 3 x 10 s)."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import aiohttp
 import psycopg
 import pytest
 from scrape import Samples
-from support import exporter_cmd, free_port
+from support import DEADLINE, exporter_cmd, free_port
 from test_exactly_once import stored_tokens, write_runs
+
+TAKEOVER = 20.0  # seconds from the leader's kill -9 to the standby leading
 
 
 async def scrape(port: int) -> Samples | None:
@@ -37,14 +44,14 @@ def test_one_leader_then_failover_with_exact_totals(db_url: str, sim_url: str) -
     async def main() -> None:
         try:
             # exactly one leader exports the totals; the standby exports none
-            for _ in range(100):
+            deadline = time.monotonic() + DEADLINE
+            while True:
                 await asyncio.sleep(0.1)
                 got = [await scrape(p) for p in ports]
                 if all(got) and sum(s.sum("agno_exporter_leader") for s in got if s) == 1 and any(
                         s and s.sum("agno_runs_total") == 3 for s in got):
                     break
-            else:
-                raise AssertionError("no single leader emerged")
+                assert time.monotonic() < deadline, "no single leader emerged"
             assert [s.sum("agno_exporter_leader") for s in got if s] in ([1, 0], [0, 1])
             leader = 0 if got[0] and got[0].sum("agno_exporter_leader") == 1 else 1
             standby = 1 - leader
@@ -55,14 +62,15 @@ def test_one_leader_then_failover_with_exact_totals(db_url: str, sim_url: str) -
             killed_at = time.monotonic()
             await write_runs(db_url, sim_url, 2)
             took = None
-            for _ in range(150):
+            deadline = time.monotonic() + DEADLINE
+            while time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 s = await scrape(ports[standby])
                 if s and s.sum("agno_exporter_leader") == 1 and took is None:
                     took = time.monotonic() - killed_at
                 if s and s.sum("agno_runs_total") == 5:
                     break
-            assert took is not None and took <= 2 * 0.2 + 1.0, f"takeover took {took}s"
+            assert took is not None and took <= TAKEOVER, f"takeover took {took}s"
             with psycopg.connect(db_url) as conn:
                 truth = stored_tokens(conn)
             assert s is not None and s.sum("agno_runs_total") == 5 and s.sum("agno_tokens_total") == truth

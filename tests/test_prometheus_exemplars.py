@@ -12,6 +12,7 @@ from typing import Any
 from agno_app import AgnoApp
 from prom_server import PromServer, prometheus_binary
 from scrape import Samples, scrape_text
+from support import DEADLINE
 from test_collect_e2e import make_service, wait_counted
 from test_traces_e2e import stored_rows, top_level_of
 
@@ -65,7 +66,7 @@ def test_prometheus_stores_exemplars_naming_the_runs_traces(db_url: str, sim_url
 
             start = time.time() - 3600
             found: dict[str, list[tuple[str, float]]] = {}
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + DEADLINE
             while True:
                 result = await asyncio.to_thread(prom.query_exemplars, TTFT_BUCKETS, start, time.time() + 3600)
                 found = exemplars_by_series(result)

@@ -9,7 +9,17 @@ from typing import Any
 import pytest
 from reference import runs_v3, sessions_v2, sessions_v3
 
-from exporter.records import BadRow, TokenAnomaly, build_run_record, build_session_record, provider_name
+from exporter.records import (
+    MAX_RUN_SECONDS,
+    MAX_RUN_TOKENS,
+    MAX_RUN_USD,
+    MAX_TIMESTAMP,
+    BadRow,
+    TokenAnomaly,
+    build_run_record,
+    build_session_record,
+    provider_name,
+)
 
 
 def by_prefix(prefix: str) -> dict[str, Any]:
@@ -105,6 +115,62 @@ def test_malformed_values_are_rejected_with_a_reason(path: str, value: Any, reas
         build_run_record(row, data)
     assert info.value.reason == reason
     assert path.split(".")[-1] in str(info.value) or reason in str(info.value)
+
+
+# Every number agno stores, each with a value just beyond its bound and one far beyond (the kind of
+# value a buggy provider integration writes): the run is a counted skip with the unit's reason.
+BOUNDED = [
+    *[(f"metrics.{f}", MAX_RUN_TOKENS, "tokens_out_of_range") for f in (
+        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+        "audio_input_tokens", "audio_output_tokens")],
+    ("metrics.details.model.0.input_tokens", MAX_RUN_TOKENS, "tokens_out_of_range"),
+    ("metrics.details.model.0.output_tokens", MAX_RUN_TOKENS, "tokens_out_of_range"),
+    ("messages.1.metrics.input_tokens", MAX_RUN_TOKENS, "tokens_out_of_range"),
+    ("messages.3.metrics.output_tokens", MAX_RUN_TOKENS, "tokens_out_of_range"),
+    ("metrics.duration", MAX_RUN_SECONDS, "seconds_out_of_range"),
+    ("metrics.time_to_first_token", MAX_RUN_SECONDS, "seconds_out_of_range"),
+    ("messages.1.metrics.duration", MAX_RUN_SECONDS, "seconds_out_of_range"),
+    ("messages.3.metrics.time_to_first_token", MAX_RUN_SECONDS, "seconds_out_of_range"),
+    ("tools.0.metrics.duration", MAX_RUN_SECONDS, "seconds_out_of_range"),
+    ("metrics.cost", MAX_RUN_USD, "cost_out_of_range"),
+    ("metrics.details.model.0.cost", MAX_RUN_USD, "cost_out_of_range"),
+    ("messages.1.created_at", MAX_TIMESTAMP, "timestamp_out_of_range"),
+    ("tools.0.metrics.start_time", MAX_TIMESTAMP, "timestamp_out_of_range"),
+    ("tools.0.metrics.end_time", MAX_TIMESTAMP, "timestamp_out_of_range"),
+]
+
+
+@pytest.mark.parametrize(("path", "bound", "reason"), BOUNDED)
+def test_numbers_beyond_their_bound_are_rejected(path: str, bound: float, reason: str) -> None:
+    at_bound = int(bound) if path.endswith(("tokens", "created_at")) else float(bound)
+    row, data = mutate(path, at_bound)
+    build_run_record(row, data)  # the bound itself is accepted
+    for value in (at_bound + 1, 1e300, 10**400):
+        row, data = mutate(path, value)
+        with pytest.raises(BadRow) as info:
+            build_run_record(row, data)
+        assert info.value.reason == reason, (path, value)
+        message = str(info.value)
+        assert path.split(".")[-1] in message and len(message) < 200, message
+
+
+@pytest.mark.parametrize("column", ["created_at", "updated_at"])
+def test_row_timestamps_beyond_2100_are_rejected(column: str) -> None:
+    row = copy.deepcopy(by_prefix("485a6b32"))
+    row[column] = int(row[column]) * 1000  # milliseconds: a unit error
+    with pytest.raises(BadRow) as info:
+        build_run_record(row, row["run_data"])
+    assert info.value.reason == "timestamp_out_of_range" and column in str(info.value)
+
+
+def test_session_totals_may_exceed_a_run_bound() -> None:
+    """A session sums many runs: only float64's exact integers bound what it may claim."""
+    row = copy.deepcopy(sessions_v3()[0])
+    row["session_data"]["session_metrics"]["input_tokens"] = MAX_RUN_TOKENS * 1000
+    assert build_session_record(row).totals["input"] == MAX_RUN_TOKENS * 1000
+    row["session_data"]["session_metrics"]["input_tokens"] = 1e300
+    with pytest.raises(BadRow, match="tokens_out_of_range"):
+        build_session_record(row)
 
 
 @pytest.mark.parametrize("run_data", [None, [], "text", 42])

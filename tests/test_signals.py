@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import psycopg
-from scrape import Samples, scrape_text
-from support import sqlalchemy_url
+from scrape import scrape_until
+from support import DEADLINE, sqlalchemy_url
 from test_collect_e2e import make_service
 
 AGENT_PROCESS = textwrap.dedent("""
@@ -38,7 +38,7 @@ def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: st
     proc = subprocess.Popen([sys.executable, str(script), sqlalchemy_url(db_url), sim_url],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         status = None
         while time.monotonic() < deadline and status != "RUNNING":
             time.sleep(0.1)
@@ -58,11 +58,7 @@ def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: st
         await service.start()
         try:
             # agno's created_at is whole seconds: "older than 1s" shows within 2s of the run's start
-            for _ in range(50):
-                await asyncio.sleep(0.1)
-                s = Samples(await scrape_text(service.port))
-                if s.sum("agno_runs_stuck"):
-                    break
+            s = await scrape_until(service.port, lambda s: s.sum("agno_runs_stuck") > 0)
             assert s.sum("agno_runs_stuck", name="SlowAgent", status="RUNNING") == 1
             assert s.sum("agno_runs_in_progress", name="SlowAgent") == 1
             assert s.sum("agno_runs_oldest_in_progress_age_seconds", name="SlowAgent") >= 1
@@ -72,8 +68,7 @@ def test_run_left_pending_by_a_killed_process_is_stuck_until_finished(db_url: st
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute("UPDATE ai.agno_runs SET status = 'CANCELLED',"
                              " updated_at = extract(epoch FROM now())::bigint")
-            await asyncio.sleep(0.5)
-            s = Samples(await scrape_text(service.port))
+            s = await scrape_until(service.port, lambda s: s.sum("agno_runs_total") > 0)
             assert s.sum("agno_runs_stuck") == 0 and s.sum("agno_runs_in_progress") == 0
             assert s.sum("agno_runs_total", name="SlowAgent", status="CANCELLED") == 1
         finally:
@@ -93,7 +88,10 @@ def test_concurrent_runs_of_one_session_make_agnos_session_totals_disagree(db_ur
         try:
             team = app.team()
             session_id = str(uuid.uuid4())
-            await asyncio.gather(*(app.run(team, session_id=session_id) for _ in range(3)))
+            # Each model call takes 2 s, so the three runs surely overlap (each reads the session when
+            # it starts and writes its totals back when it ends), however slow the machine.
+            prompt = "What is the stock price of AAPL? [sim:ttft=2]"
+            await asyncio.gather(*(app.run(team, prompt, session_id=session_id) for _ in range(3)))
             stored = await team.aget_session_metrics(session_id=session_id)
         finally:
             await app.close()
@@ -106,12 +104,8 @@ def test_concurrent_runs_of_one_session_make_agnos_session_totals_disagree(db_ur
         service = make_service(db_url, collector={"session_check_delay": "100ms"})
         await service.start()
         try:
-            for _ in range(50):
-                await asyncio.sleep(0.1)
-                s = Samples(await scrape_text(service.port))
-                settled = claimed == runs_total or s.sum("agno_session_disagreements_total")
-                if s.sum("agno_runs_total") == 6 and settled:
-                    break
+            s = await scrape_until(service.port, lambda s: s.sum("agno_runs_total") == 6 and bool(
+                claimed == runs_total or s.sum("agno_session_disagreements_total")))
             # exported totals come from the runs, whatever agno's session row claims
             assert s.sum("agno_tokens_total", token_type="input") + s.sum("agno_tokens_total", token_type="output") \
                 == runs_total

@@ -591,7 +591,9 @@ def test_run_loop_backs_off_while_down_and_delivers_when_back(records: dict[str,
         delays.append(delay)
         await asyncio.sleep(delay)
 
-    async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    # Generous for a loaded machine, yet half the sink's 60 s poll interval: a run exported only by the
+    # next poll (not by the collector's notify) still fails the last wait.
+    async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             assert time.monotonic() < deadline, "timed out"
