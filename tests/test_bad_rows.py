@@ -127,7 +127,9 @@ OUT_OF_RANGE: dict[str, tuple[str, str, str]] = {
                      "cost_out_of_range"),
     "tool_time_ms": (_run_data(tools=[{"tool_name": "t", "metrics": {"start_time": 1.7e12}}]), NOW,
                      "timestamp_out_of_range"),
-    "message_time_us": (_run_data(messages=[{"role": "assistant", "created_at": 1.7e15}]), NOW,
+    # (a model call: an assistant message with metrics; one without is no call, its time never read)
+    "message_time_us": (_run_data(messages=[{"role": "assistant", "created_at": 1.7e15,
+                                             "metrics": {"input_tokens": 5, "output_tokens": 2}}]), NOW,
                         "timestamp_out_of_range"),
     "updated_at_ms": (_run_data(), MS, "timestamp_out_of_range"),
     # jsonb keeps 1e400 as a 401-digit numeric: beyond float64, read as a whole number
