@@ -13,6 +13,7 @@ in a final status whose ``updated_at`` is at or after the low watermark, listed 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,7 @@ class Page:
 # history, system messages and provider payloads (most of a run's bytes) are neither sent nor
 # parsed. Anything of an unexpected type is passed through untouched, so records.py still sees
 # it and rejects the row with the same reason as from the whole JSON.
-RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb_build_object(
+_RUN_PROJECTION = """CASE WHEN jsonb_typeof(d) IS DISTINCT FROM 'object' THEN d ELSE jsonb_build_object(
  'run_id', d->'run_id', 'status', d->'status', 'session_id', d->'session_id', 'user_id', d->'user_id',
  'parent_run_id', d->'parent_run_id', 'created_at', d->'created_at', 'updated_at', d->'updated_at',
  'agent_id', d->'agent_id', 'agent_name', d->'agent_name', 'team_id', d->'team_id', 'team_name', d->'team_name',
@@ -123,8 +124,30 @@ RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb
  'tools', CASE WHEN jsonb_typeof(d->'tools') <> 'array' THEN d->'tools' ELSE (
    SELECT coalesce(jsonb_agg(CASE WHEN jsonb_typeof(t) <> 'object' THEN t ELSE jsonb_build_object(
      'tool_name', t->'tool_name', 'tool_call_id', t->'tool_call_id', 'tool_call_error', t->'tool_call_error',
-     'metrics', t->'metrics', 'child_run_id', t->'child_run_id') END ORDER BY i), '[]')
-   FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END) END"""
+     'metrics', t->'metrics', 'child_run_id', t->'child_run_id',
+     'tool_args', CASE WHEN jsonb_typeof(t->'tool_args') = 'object'
+       THEN jsonb_build_object('member_id', t->'tool_args'->'member_id') END) END ORDER BY i), '[]')
+   FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END{nested}) END"""
+
+
+def _projection(var: str, nested: str) -> str:
+    """The projection of one run's JSON held in the SQL expression ``var``."""
+    return re.sub(r"\bd\b", lambda _: var, _RUN_PROJECTION).replace("{nested}", nested)
+
+
+# Runs nested in a run (records.build_row_runs): a workflow's step runs and its WorkflowAgent run,
+# cut like the row's own. What they nest in turn (the members of a team step, the steps of a
+# nested workflow) is passed whole: rarer, and projecting every level would multiply the text.
+_NESTED_WHOLE = (", 'step_executor_runs', s->'step_executor_runs', 'member_responses', s->'member_responses',"
+                 " 'workflow_agent_run', s->'workflow_agent_run'")
+_NESTED = (
+    ", 'step_executor_runs', CASE WHEN jsonb_typeof(d->'step_executor_runs') <> 'array'"
+    " THEN d->'step_executor_runs' ELSE (SELECT coalesce(jsonb_agg(" + _projection("s", _NESTED_WHOLE)
+    + " ORDER BY k), '[]') FROM jsonb_array_elements(d->'step_executor_runs') WITH ORDINALITY AS ser(s, k)) END,"
+    " 'workflow_agent_run', " + _projection("(d->'workflow_agent_run')", _NESTED_WHOLE.replace(
+        "s->", "(d->'workflow_agent_run')->"))
+)
+RUN_DATA_PROJECTION = _projection("d", _NESTED)
 
 RUN_COLUMNS = ("run_id", "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id",
                "parent_run_id", "status", "created_at", "updated_at")
