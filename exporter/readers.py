@@ -105,6 +105,23 @@ class AgnoSource:
             rows.extend(await self.legacy.fetch_runs(rest))
         return rows
 
+    async def fetch_children(self, parents: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """Rows of the finished runs whose parent is one of these (a team's member runs), both layouts."""
+        rows = await self.runs.fetch_children(parents) if self._use_runs else []
+        if self.legacy is not None:
+            found = {r["run_id"] for r in rows}
+            rows.extend(r for r in await self.legacy.fetch_children(parents)
+                        if r["run_data"].get("run_id") not in found)
+        return rows
+
+    async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
+        """Which of these (run id, session id) are rows of agno's, in either layout (not nested copies)."""
+        found = await self.runs.row_ids([run_id for run_id, _ in refs]) if self._use_runs else set()
+        rest = [ref for ref in refs if ref[0] not in found]
+        if rest and self.legacy is not None:
+            found |= await self.legacy.row_ids(rest)
+        return found
+
     async def ancestors(self, refs: Sequence[tuple[str, str | None]]) -> dict[str, str]:
         roots: dict[str, str] = {}
         if self._use_runs:

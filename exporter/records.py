@@ -166,8 +166,9 @@ class RunRecord:
     # Set when this run has no row of its own in this copy: agno nested it inside the run whose row
     # holds it (a workflow's step run, a member run of a team step); see build_row_runs.
     host_run_id: str | None = None
-    # Tokens (input + output) agno adds to the session's stored ``session_metrics`` for this run, so
-    # the disagreement check compares like with like (see session_tokens_of).
+    # Tokens (input + output) agno adds to the session's stored ``session_metrics`` for this run when
+    # it is a row of its own (see session_tokens_of); a nested copy adds nothing: agno counts a step
+    # through its workflow. Lets the disagreement check compare like with like.
     session_tokens: int = 0
 
     @property
@@ -716,9 +717,7 @@ def _nested_record(element: Mapping[str, Any], run_type: str, container: RunReco
         "parent_run_id": _str(element.get("parent_run_id")) or container.run_id,
         "updated_at": host.updated_at,
     }
-    record = build_run_record(columns, element, with_content=with_content)
-    # agno adds a step's tokens to the session through its workflow (metrics.steps), never by itself
-    return replace(record, host_run_id=host.run_id, session_tokens=0)
+    return replace(build_run_record(columns, element, with_content=with_content), host_run_id=host.run_id)
 
 
 def session_tokens_of(run_type: str, metrics: Mapping[str, Any], totals: Mapping[str, int]) -> int:
@@ -728,7 +727,7 @@ def session_tokens_of(run_type: str, metrics: Mapping[str, Any], totals: Mapping
     workflow run adds the sum of ``metrics.steps`` (``_calculate_session_metrics_from_workflow_metrics``,
     agno/workflow/workflow.py): one entry per step *name* of an agent or team step, so a Loop's
     steps count once (the last iteration), a team step counts its leader only, and function steps
-    count nothing. Nested runs add nothing by themselves (:func:`build_row_runs`).
+    count nothing. A run counted from a nested copy adds nothing by itself (the state's rule).
     """
     if run_type != "workflow":
         return totals["input"] + totals["output"]

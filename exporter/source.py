@@ -227,6 +227,31 @@ class RunsSource:
             cur = await conn.execute(query, {"ids": list(run_ids)})
             return await cur.fetchall()
 
+    async def fetch_children(self, parents: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """Whole rows of the finished runs whose parent is one of these (run id, session id): a team's
+        member runs. By session (agno indexes ``session_id``, not ``parent_run_id``)."""
+        sessions = sorted({sid for _, sid in parents if sid})
+        if not sessions:
+            return []
+        query = sql.SQL("SELECT {cols}, {run_data} AS run_data FROM {t},"
+                        " LATERAL (SELECT run_data || '{{}}'::jsonb AS d OFFSET 0) AS x"
+                        " WHERE session_id = ANY(%(sids)b) AND parent_run_id = ANY(%(ids)b)"
+                        " AND status = ANY(%(final)s)").format(
+            cols=self._cols, run_data=sql.SQL(RUN_DATA_PROJECTION), t=self._runs)
+        async with self.db.statement() as conn:
+            cur = await conn.execute(query, {"sids": sessions, "ids": sorted({rid for rid, _ in parents}),
+                                             "final": _FINAL})
+            return await cur.fetchall()
+
+    async def row_ids(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs have a row (agno's primary key: an index lookup each)."""
+        if not run_ids:
+            return set()
+        async with self.db.statement() as conn:
+            cur = await conn.execute(sql.SQL("SELECT run_id FROM {t} WHERE run_id = ANY(%(ids)b)").format(
+                t=self._runs), {"ids": list(run_ids)})
+            return {r["run_id"] for r in await cur.fetchall()}
+
     async def ancestors(self, run_ids: Sequence[str]) -> dict[str, str]:
         """run id -> id of its top-level run (itself when it has no parent), following parent_run_id."""
         if not run_ids:
