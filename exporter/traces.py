@@ -27,7 +27,9 @@ per tool call. Tool spans are *siblings* of the chat spans, as in the convention
 produced from the plan are sibling operations under the same invoke_agent span"): a tool runs after
 the model call that requested it has ended, so it cannot be inside that call's span. The link
 to the requesting call is kept as a span link (and ``gen_ai.tool.call.id``). A run with a parent
-(team member, workflow step) is a child of its parent run's span in the root run's trace.
+is in the root run's trace: a workflow step's run under the workflow's span, a team member's run
+under the ``execute_tool`` span of the team's delegation call that started it
+(:func:`exporter.records.delegating_tool`), else under its parent run's span.
 
 Timing layout (what agno stores and how spans are placed)
 ---------------------------------------------------------
@@ -54,7 +56,14 @@ From that:
    member has finished.
 5. Containment is enforced last: the run span is widened to cover every child, no duration is
    negative. Times agno stored that contradict each other are not "fixed" beyond that; exact tool
-   times always win. Spans of different runs (a team and its member) are placed independently.
+   times always win.
+6. The runs nested in a run are its children too (:func:`layout_tree`): each is laid out by these
+   rules from its own record first, then a workflow's span covers its steps' spans like exactly
+   timed children. agno times only the last moments of a team's delegation call (the tool is a
+   generator; its ``start_time`` is after the member ran), so the call's span is widened to cover
+   the member runs it started (then ``agno.timing = "reconstructed"``). A run's layout depends
+   only on its own record and the records nested in it, never on its parent: the same whichever
+   span is built first.
 
 Dropped spans
 -------------
