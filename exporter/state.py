@@ -326,14 +326,17 @@ class PostgresState:
                     ),
                 )
                 new_ids = {r["run_id"] for r in await cur.fetchall()}
-            # Nested copies of runs that also have rows of their own, counted before: from which copy?
-            again = [r.run_id for r in records if r.host_run_id and r.run_id not in new_ids
+            # Nested copies of runs that also have rows of their own and were counted from those rows:
+            # they take back the row's claim, once (the run is then marked as held by this host).
+            again = [r for r in records if r.host_run_id and r.run_id not in new_ids
                      and (in_table is None or r.run_id in in_table)]
             from_rows: set[str] = set()
             if again:
                 cur = await conn.execute(
-                    self._q("SELECT run_id FROM {s}.runs WHERE source = %s AND run_id = ANY(%b)"
-                            " AND host_run_id IS NULL"), (self.source, again))
+                    self._q("UPDATE {s}.runs r SET host_run_id = x.host FROM unnest(%b::text[], %b::text[])"
+                            " AS x(id, host) WHERE r.source = %s AND r.run_id = x.id AND r.host_run_id IS NULL"
+                            " RETURNING r.run_id"),
+                    ([r.run_id for r in again], [r.host_run_id for r in again], self.source))
                 from_rows = {r["run_id"] for r in await cur.fetchall()}
             if skipped:
                 # Malformed rows are remembered so they are neither re-parsed every poll nor counted later.
