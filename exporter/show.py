@@ -10,7 +10,7 @@ from typing import TextIO
 from .config import Settings
 from .db import ConnectOptions, Database
 from .readers import AgnoSource
-from .records import TOKEN_FIELDS, BadRow, build_run_record, build_session_record
+from .records import TOKEN_FIELDS, BadRow, build_row_runs, build_session_record
 
 
 def _source(settings: Settings) -> AgnoSource:
@@ -32,10 +32,11 @@ async def show_run(settings: Settings, run_id: str, out: TextIO) -> int:
         print(f"no run {run_id} in {source.key}", file=out)
         return 1
     try:
-        r = build_run_record(rows[0], rows[0].get("run_data"))
+        held = build_row_runs(rows[0], rows[0].get("run_data"))
     except BadRow as exc:
         print(f"run {run_id} is malformed: {exc}", file=out)
         return 1
+    r = held.run
     print(f"Run {r.run_id}  {r.run_type} {r.name!r}  status={r.status}  session={r.session_id}", file=out)
     if r.parent_run_id:
         print(f"  parent run: {r.parent_run_id}", file=out)
@@ -57,6 +58,14 @@ async def show_run(settings: Settings, run_id: str, out: TextIO) -> int:
         print(f"  {call.name} {'ERROR ' if call.error else ''}{took}s", file=out)
     if r.error_message:
         print(f"error ({r.error_type}): {r.error_message}", file=out)
+    if held.nested:
+        # a workflow's step runs (and a team step's members) have no row of their own: they are here
+        print(f"runs nested in this run's row: {len(held.nested)}", file=out)
+        for n in held.nested:
+            print(f"  {n.run_id}  {n.run_type} {n.name!r}  status={n.status}  parent={n.parent_run_id}"
+                  f"  input_tokens={n.totals['input']} output_tokens={n.totals['output']}", file=out)
+    for key, reason in held.skipped:
+        print(f"  unreadable nested run {key}: {reason}", file=out)
     return 0
 
 

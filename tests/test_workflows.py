@@ -10,6 +10,7 @@ without ``parent_run_id``. The collector is driven poll by poll here (no waiting
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +25,10 @@ from test_exactly_once import close, make_collector
 from truth import assert_matches_agno, run_truth, workflow_truth
 
 from exporter.collector import RunCollector, TopSessions
+from exporter.config import load_settings
 from exporter.db import ConnectOptions, Database
 from exporter.records import TOKEN_FIELDS, build_row_runs
+from exporter.show import show_run
 from exporter.source import RunsSource
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
@@ -348,5 +351,13 @@ def test_the_workflow_agents_run_is_counted(db_url: str, sim_url: str) -> None:
         calls = sum(1 for r in truth for m in r["messages"] if m["role"] == "assistant" and not m["from_history"])
         assert s.sum("agno_model_calls_total") == calls
         assert s.sum("agno_tool_calls_total", tool="run_workflow") == 1
+        # `runs show` of the workflow lists the runs nested in its row
+        printed = io.StringIO()
+        settings = load_settings(None, environ={}, overrides={"database": {"url": db_url}})
+        assert await show_run(settings, back.run_id, printed) == 0
+        lines = printed.getvalue().splitlines()
+        assert "runs nested in this run's row: 2" in lines
+        assert {line.split()[0] for line in lines if line.startswith("  ") and "parent=" in line} == {
+            r["run_id"] for r in truth if r["run_id"] != back.run_id}
 
     asyncio.run(main())
