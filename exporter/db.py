@@ -72,7 +72,7 @@ Connector = Callable[[], "psycopg.AsyncConnection[dict[str, Any]]"]
 async def connect(opts: ConnectOptions) -> psycopg.AsyncConnection[dict[str, Any]]:
     # jit=off: the exporter's statements are short, and the planner's estimate for the run-data
     # projection's nested subqueries (source.RUN_DATA_PROJECTION) crosses jit_above_cost, so each
-    # fetch of 20 runs spent ~140 ms compiling (measured on PostgreSQL 16) to run in under 1 ms.
+    # fetch of 20 runs spent ~140 ms compiling (measured on PostgreSQL 15) to run in under 1 ms.
     options = f"-c statement_timeout={int(opts.statement_timeout * 1000)} -c jit=off"
     if opts.read_only:
         options += " -c default_transaction_read_only=on"
