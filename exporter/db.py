@@ -1,8 +1,8 @@
 """Connections to Postgres: one place that knows how we connect and what a connection promises.
 
 Every connection carries a statement timeout, TCP keepalives (a stalled network is noticed), an
-application_name (visible in pg_stat_activity) and no JIT compilation (see :func:`connect`). Reads of agno's tables run in read-only
-transactions. URLs are shown only through :func:`redact`.
+application_name (visible in pg_stat_activity) and no JIT compilation (see :func:`connect`). Reads
+of agno's tables run in read-only transactions. URLs are shown only through :func:`redact`.
 """
 
 from __future__ import annotations
