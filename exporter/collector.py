@@ -39,7 +39,7 @@ from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
 from .readers import AgnoSource, Reader
-from .records import BadRow, RunRecord, build_run_record, build_session_record, row_run_id
+from .records import BadRow, RunRecord, build_row_runs, build_session_record, row_run_id
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, Page, Snapshot
 from .state import PostgresState, StateNotWritable
@@ -82,6 +82,7 @@ class _Loaded:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason)
     roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
     details: dict[str, str] = field(default_factory=dict)  # run id -> why it is skipped, for the log
+    in_table: set[str] = field(default_factory=set)  # ids of the records that have rows of their own
 
 
 @dataclass(frozen=True)
@@ -340,28 +341,52 @@ class RunCollector:
             after = page.after
 
     async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> _Loaded:
-        """Fetch and parse runs not counted yet: records, malformed rows, and each record's trace root.
+        """Fetch and parse runs not counted yet: records (a row's own run and the runs agno nested in
+        it), malformed rows, each record's trace root, and which records have rows of their own.
+
+        A run id met twice in the chunk is counted once: a nested copy is preferred to the run's own
+        row, because agno's own row of a nested run does not name its parent (see RowRuns).
 
         A malformed row is logged when its skip is recorded (:meth:`_commit`), not here: a page
         whose commit fails is loaded again on the retry.
         """
         loaded = _Loaded()
         seen: set[str] = set()
+        chosen: dict[str, RunRecord] = {}
         for row in await reader.fetch_runs(todo):
             run_id = str(row_run_id(row))
             if run_id in seen:  # an agno 2.x array can hold a run twice: count it once
                 continue
             seen.add(run_id)
             try:
-                record = build_run_record(row, row.get("run_data"), with_content=self.opts.with_content)
+                runs = build_row_runs(row, row.get("run_data"), with_content=self.opts.with_content)
             except BadRow as exc:
                 loaded.skipped.append((run_id, exc.reason))
                 loaded.details[run_id] = str(exc)
                 continue
-            if record.final:
-                loaded.records.append(record)
+            for key, reason in runs.skipped:
+                loaded.skipped.append((key, reason))
+                loaded.details[key] = f"nested in run {run_id}: {reason}"
+            if not runs.run.final:
+                continue
+            for record in runs.records:
+                if not record.final:
+                    # The row is final, so agno will never finish this copy of a nested run.
+                    loaded.skipped.append((record.run_id, "nested_not_final"))
+                    loaded.details[record.run_id] = f"nested in run {run_id}: status {record.status}"
+                    continue
+                before = chosen.get(record.run_id)
+                if before is None or (before.host_run_id is None and record.host_run_id is not None):
+                    chosen[record.run_id] = record
+        loaded.records = list(chosen.values())
+        nested = [r for r in loaded.records if r.host_run_id]
+        loaded.in_table = {r.run_id for r in loaded.records if not r.host_run_id}
+        if nested:
+            loaded.in_table |= await self.source.row_ids([(r.run_id, r.session_id) for r in nested])
         loaded.roots = await self.source.ancestors(
-            [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id])
+            [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id and not r.host_run_id])
+        for r in nested:  # no row to follow: its host's trace
+            loaded.roots[r.run_id] = loaded.roots.get(r.host_run_id or "", r.host_run_id or r.run_id)
         return loaded
 
     async def _commit(self, loaded: _Loaded, result: PollResult) -> None:
@@ -415,7 +440,8 @@ class RunCollector:
             staged_box.append(staged)
             return staged.rows()
 
-        batch = await self.state.commit_batch(records, roots, skipped, now, compute, costs=costs)
+        batch = await self.state.commit_batch(records, roots, skipped, now, compute, loaded.in_table,
+                                              costs=costs)
         staged_box[-1].apply()  # only after the commit: memory never runs ahead of the state
         for rec in batch.new_records:
             self.m.runs_collected.labels(rec.run_type).inc()
@@ -488,8 +514,11 @@ class RunCollector:
                 continue
             mine = ours[stored.session_id]
             claimed = stored.totals["input"] + stored.totals["output"]
-            if claimed != mine["tokens"] and not mine["disagreement"]:
-                disagreeing[stored.session_id] = (claimed, int(mine["tokens"]))
+            # agno's own convention where known (a workflow session sums its runs' metrics.steps);
+            # sessions counted before the state kept it compare with the sum of the runs' tokens
+            expected = int(mine["tokens"] if mine["agno_tokens"] is None else mine["agno_tokens"])
+            if claimed != expected and not mine["disagreement"]:
+                disagreeing[stored.session_id] = (claimed, expected)
         for sid in due:
             self._session_checks.pop(sid, None)
         if not disagreeing:
@@ -505,8 +534,8 @@ class RunCollector:
         await self.state.flag_disagreements(list(disagreeing), compute)
         staged_box[-1].apply()
         for sid, (claimed, summed) in disagreeing.items():
-            log.debug("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d",
-                      sid, claimed, summed)
+            log.debug("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d by agno's"
+                      " own rules", sid, claimed, summed)
         examples = "; ".join(f"{sid} (stored {claimed}, runs {summed})"
                              for sid, (claimed, summed) in list(disagreeing.items())[:EXAMPLES])
         log.warning("%d sessions whose stored session_metrics disagree with the sum of their runs (exported"

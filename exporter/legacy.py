@@ -138,6 +138,36 @@ class LegacySource:
         )
         return [r for r in rows if isinstance(r["run_data"], dict)]
 
+    async def fetch_children(self, parents: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """Like :meth:`fetch_runs`, for the finished elements whose ``parent_run_id`` is one of these
+        (run id, session id): a team's member runs, in the team's session."""
+        sessions = sorted({sid for _, sid in parents if sid})
+        if not sessions:
+            return []
+        rows = await self._rows(
+            self._q(
+                "SELECT s.session_id, s.user_id, s.updated_at, {run_data} AS run_data FROM {t} s"
+                " CROSS JOIN LATERAL {elems} e, LATERAL (SELECT e.value AS d OFFSET 0) AS x"
+                " WHERE s.session_id = ANY(%(sids)b) AND e.value->>'parent_run_id' = ANY(%(ids)b)"
+                " AND e.value->>'status' = ANY(%(final)s){not_migrated}",
+                run_data=sql.SQL(RUN_DATA_PROJECTION),
+            ),
+            {"sids": sessions, "ids": sorted({rid for rid, _ in parents}), "final": _FINAL},
+        )
+        return [r for r in rows if isinstance(r["run_data"], dict)]
+
+    async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
+        """Which of these runs are elements of their sessions' arrays (runs-table copies left out)."""
+        sessions = sorted({sid for _, sid in refs if sid})
+        if not sessions:
+            return set()
+        rows = await self._rows(
+            self._q("SELECT e.value->>'run_id' AS run_id FROM {t} s CROSS JOIN LATERAL {elems} e"
+                    " WHERE s.session_id = ANY(%(sids)b) AND e.value->>'run_id' = ANY(%(ids)b){not_migrated}"),
+            {"sids": sessions, "ids": sorted({rid for rid, _ in refs})},
+        )
+        return {r["run_id"] for r in rows}
+
     async def ancestors(self, refs: Sequence[tuple[str, str | None]]) -> dict[str, str]:
         """run id -> its top-level run id, following ``parent_run_id`` within the runs' sessions."""
         sessions = sorted({sid for _, sid in refs if sid})

@@ -221,6 +221,37 @@ class AgnoSource:
             rest = [ref for ref in rest if ref[0] not in ids]
         return rows
 
+    async def fetch_children(self, parents: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """Rows of the finished runs whose parent is one of these (a team's member runs), from every
+        table read, each run once (the runs tables first: they win)."""
+        rows: list[dict[str, Any]] = []
+        found: set[str | None] = set()
+        parts = [await r.fetch_children(parents) for r in self._runs]
+        parts += [await r.fetch_children(parents) for r in self._legacy]
+        for part in parts:
+            for row in part:
+                run_id = row_run_id(row)
+                if run_id not in found:
+                    found.add(run_id)
+                    rows.append(row)
+        return rows
+
+    async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
+        """Which of these (run id, session id) are rows of agno's in any table read (not nested copies)."""
+        found: set[str] = set()
+        rest = list(refs)
+        for runs in self._runs:
+            if not rest:
+                return found
+            found |= await runs.row_ids([run_id for run_id, _ in rest])
+            rest = [ref for ref in rest if ref[0] not in found]
+        for legacy in self._legacy:
+            if not rest:
+                break
+            found |= await legacy.row_ids(rest)
+            rest = [ref for ref in rest if ref[0] not in found]
+        return found
+
     async def ancestors(self, refs: Sequence[tuple[str, str | None]]) -> dict[str, str]:
         """run id -> id of its trace's root run, from the table that holds the run."""
         roots: dict[str, str] = {}

@@ -15,7 +15,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import usage
@@ -161,6 +161,8 @@ class ToolCall:
     start_time: float | None
     end_time: float | None
     child_run_id: str | None = None
+    # the ``member_id`` argument of a team's delegation tool call: the member it hands the task to
+    member_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,13 @@ class RunRecord:
     sanitized: tuple[str, ...] = ()
     anomalies: tuple[TokenAnomaly, ...] = field(default=())
     streamed: bool = False  # its model calls were streamed (see ModelCall.streamed)
+    # Set when this run has no row of its own in this copy: agno nested it inside the run whose row
+    # holds it (a workflow's step run, a member run of a team step); see build_row_runs.
+    host_run_id: str | None = None
+    # Tokens (input + output) agno adds to the session's stored ``session_metrics`` for this run when
+    # it is a row of its own (see session_tokens_of); a nested copy adds nothing: agno counts a step
+    # through its workflow. Lets the disagreement check compare like with like.
+    session_tokens: int = 0
 
     @property
     def cost_usd(self) -> float:
@@ -752,6 +761,7 @@ def _tool_calls(tools: list[Any], sanitized: list[str]) -> tuple[ToolCall, ...]:
                 start_time=start,
                 end_time=end,
                 child_run_id=_str(tool.get("child_run_id")),
+                member_id=_delegated_to(tool.get("tool_args")),
             )
         )
     return tuple(calls)
@@ -825,7 +835,8 @@ def build_run_record(
     provider = provider_name(_str(run_data.get("model_provider")))
 
     if run_type == "workflow":
-        # A workflow's tokens are its step runs' tokens; those are rows of their own.
+        # A workflow run has no model calls of its own: its steps' runs carry them, nested in this
+        # row (build_row_runs) or, for an agent that persisted its run itself, rows of their own.
         totals = dict.fromkeys(TOKEN_TYPES, 0)
         tokens: tuple[TokenUsage, ...] = ()
         costs: tuple[ModelCost, ...] = ()
@@ -880,6 +891,7 @@ def build_run_record(
         sanitized=tuple(sanitized),
         anomalies=tuple(anomalies),
         streamed=any(c.streamed for c in model_calls),
+        session_tokens=session_tokens_of(run_type, metrics, totals),
     )
 
 
@@ -976,3 +988,183 @@ def session_stored_metrics(row: Mapping[str, Any]) -> StoredMetrics:
     """A session row's ``session_data.session_metrics``: agno's own running total of the session's runs."""
     data = _obj(row.get("session_data"), "session_data")
     return stored_metrics(data.get("session_metrics"), "session_data.session_metrics")
+
+
+# ---------------------------------------------------------------------------------------------
+# runs nested inside a row: a workflow's step runs, the member runs of a team step
+
+# agno stops reading nested workflow runs this deep (WorkflowRunOutput._MAX_NESTED_DEPTH, agno/run/workflow.py)
+MAX_NESTING = 10
+# The tools a team leader hands a task to its members with (agno/team/_default_tools.py, _task_tools.py).
+DELEGATION_TOOLS = frozenset(
+    {"delegate_task_to_member", "delegate_task_to_members", "execute_task", "execute_tasks_parallel"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowRuns:
+    """The runs one stored row holds: the row's own run, then the runs agno nested inside it.
+
+    agno (3.1, and 2.x alike) keeps the run of a workflow's agent or team step only inside the
+    workflow run: ``step_executor_runs`` (a nested workflow's run there holds its own steps in turn)
+    and ``workflow_agent_run`` (the ``WorkflowAgent`` that decided to run the workflow). The member
+    runs of a team step are only inside that team run's ``member_responses``. None of them has a row
+    of its own, unless the step's agent had a database and persisted its run itself (agno does that
+    for steps inside Parallel/Loop/Condition/Router/Steps, without ``parent_run_id``): the same run
+    id in two places, which the collector counts once.
+
+    ``nested`` is depth first: a run comes after the run it is nested in. ``skipped`` holds
+    ``(key, reason)`` of nested runs that cannot be read; the key is the run id, or the host's id
+    and the JSON path when the run has none. The row's own run and its other nested runs still count.
+    """
+
+    run: RunRecord
+    nested: tuple[RunRecord, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def records(self) -> tuple[RunRecord, ...]:
+        return (self.run, *self.nested)
+
+
+def build_row_runs(row: Mapping[str, Any], run_data: Any, *, with_content: bool = False) -> RowRuns:
+    """Every run one row holds (see :class:`RowRuns`); raises :class:`BadRow` only for the row's own run.
+
+    A team run that is a row of its own carries no member runs here: agno 3.x persists every member
+    run as a row of its own (``_persist_member_runs_for_team_run``, agno/team/_run.py), agno 2.x as an
+    element of the session's ``runs``; its ``member_responses`` is a copy (empty unless
+    ``store_member_responses``). Only the members of a *nested* team are read from there.
+
+    A nested run is attributed like the copy agno stored: its own status, metrics, messages and
+    tools; ``parent_run_id`` as agno set it (the workflow run, or the team run for a member), else
+    the run it is nested in; session and user from the copy, else the row's. It has no
+    ``updated_at`` of its own: the row's is when it was saved.
+    """
+    run = build_run_record(row, run_data, with_content=with_content)
+    nested: list[RunRecord] = []
+    skipped: list[tuple[str, str]] = []
+    seen = {run.run_id}
+    assert isinstance(run_data, Mapping)  # build_run_record checked it
+    _nested_runs(run_data, run, run, 1, False, with_content, seen, nested, skipped)
+    return RowRuns(run, tuple(nested), tuple(skipped))
+
+
+def _nested_runs(
+    data: Mapping[str, Any], container: RunRecord, host: RunRecord, depth: int, members: bool,
+    with_content: bool, seen: set[str], out: list[RunRecord], skipped: list[tuple[str, str]],
+) -> None:
+    """Append the runs nested in ``data`` (the JSON of ``container``) to ``out``, recursively."""
+    found: list[tuple[str, Any, str | None]] = []  # (JSON path, element, run type agno would read it as)
+    lists = ("step_executor_runs",) if container.run_type == "workflow" else ()
+    if members and container.run_type == "team":
+        lists = ("member_responses",)
+    for key in lists:
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            skipped.append((f"{host.run_id}/{container.run_id}.{key}", "wrong_type"))
+            continue
+        found.extend((f"{key}[{i}]", element, None) for i, element in enumerate(value))
+    if container.run_type == "workflow" and data.get("workflow_agent_run") is not None:
+        found.append(("workflow_agent_run", data["workflow_agent_run"], "agent"))  # a RunOutput in agno
+    for path, element, run_type in found:
+        key = f"{host.run_id}/{container.run_id}.{path}"
+        if not isinstance(element, Mapping):
+            skipped.append((key, "wrong_type"))
+            continue
+        if depth > MAX_NESTING:
+            skipped.append((_str(element.get("run_id")) or key, "nested_too_deep"))
+            continue
+        try:
+            record = _nested_record(element, run_type or _nested_type(element), container, host, with_content)
+        except BadRow as exc:
+            skipped.append((_str(element.get("run_id")) or key, exc.reason))
+            continue
+        if record.run_id in seen:  # the same run nested twice in one row: agno's copy of a copy
+            continue
+        seen.add(record.run_id)
+        out.append(record)
+        _nested_runs(element, record, host, depth + 1, True, with_content, seen, out, skipped)
+
+
+def _nested_type(element: Mapping[str, Any]) -> str:
+    """The run type agno reads a ``step_executor_runs`` element as (WorkflowRunOutput.from_dict): team
+    first, then agent (a step agent's run also carries ``workflow_id``), then a nested workflow."""
+    def has(*keys: str) -> bool:  # agno omits a field that is None; a projected row holds it as null
+        return any(element.get(k) is not None for k in keys)
+
+    if has("team_id", "team_name"):
+        return "team"
+    if has("agent_id", "agent_name"):
+        return "agent"
+    if has("workflow_name", "step_executor_runs"):
+        return "workflow"
+    return "agent"
+
+
+def _nested_record(element: Mapping[str, Any], run_type: str, container: RunRecord, host: RunRecord,
+                   with_content: bool) -> RunRecord:
+    columns: dict[str, Any] = {
+        "run_type": run_type,
+        "session_id": _str(element.get("session_id")) or host.session_id,
+        "user_id": _str(element.get("user_id")) or host.user_id,
+        "parent_run_id": _str(element.get("parent_run_id")) or container.run_id,
+        "updated_at": host.updated_at,
+    }
+    return replace(build_run_record(columns, element, with_content=with_content), host_run_id=host.run_id)
+
+
+def session_tokens_of(run_type: str, metrics: Mapping[str, Any], totals: Mapping[str, int]) -> int:
+    """Input + output tokens agno adds to the session's ``session_metrics`` for a run of its own row.
+
+    An agent or team run adds its own totals (agno/agent/_session.py, agno/team/_session.py). A
+    workflow run adds the sum of ``metrics.steps`` (``_calculate_session_metrics_from_workflow_metrics``,
+    agno/workflow/workflow.py): one entry per step *name* of an agent or team step, so a Loop's
+    steps count once (the last iteration), a team step counts its leader only, and function steps
+    count nothing. A run counted from a nested copy adds nothing by itself (the state's rule).
+    """
+    if run_type != "workflow":
+        return totals["input"] + totals["output"]
+    steps = _obj(metrics.get("steps"), "metrics.steps")
+    total = 0
+    for name, step in steps.items():
+        step_metrics = _obj(_obj(step, "metrics.steps.", name).get("metrics"), "metrics.steps.", name, ".metrics")
+        for field_name in ("input_tokens", "output_tokens"):
+            total += _tokens(step_metrics.get(field_name), "metrics.steps.", name, ".metrics.", field_name)
+    return total
+
+
+def _delegated_to(tool_args: Any) -> str | None:
+    """The member a delegation tool call names (``member_id``); anything else about the call is
+    not needed, and arguments of another shape just leave it unknown."""
+    return _str(tool_args.get("member_id")) if isinstance(tool_args, Mapping) else None
+
+
+def delegating_tool(team: RunRecord, member: RunRecord) -> ToolCall | None:
+    """The tool call of ``team`` that started ``member``'s run, or None when it cannot be told.
+
+    Candidates are the team run's delegation tool calls (:data:`DELEGATION_TOOLS`) whose
+    ``member_id`` argument names the member's agent or team id (``delegate_task_to_members`` names
+    none: it starts every member). One candidate is the answer. Several (the member was handed
+    several tasks in one run) are narrowed to the call whose exact start/end contains the member's
+    run (its whole-second ``created_at`` and ``duration``); one left is the answer.
+
+    agno's own link, ``child_run_id`` on the tool call, is not used: agno 3.1 sets it only while
+    streaming (the tool is not in ``run_response.tools`` yet otherwise), and on every delegation it
+    sets it on all earlier delegation calls of the run too (agno/team/_default_tools.py), so with two
+    delegations both calls name the second member.
+    """
+    if member.parent_run_id != team.run_id:
+        return None
+    found = [t for t in team.tool_calls
+             if t.name in DELEGATION_TOOLS and (t.member_id is None or t.member_id == member.entity_id)]
+    if len(found) > 1:
+        found = [t for t in found if _ran_within(member, t)]
+    return found[0] if len(found) == 1 else None
+
+
+def _ran_within(member: RunRecord, tool: ToolCall) -> bool:
+    if tool.start_time is None or tool.end_time is None:
+        return False
+    return math.floor(tool.start_time) <= member.created_at and \
+        member.created_at + (member.duration or 0.0) <= tool.end_time

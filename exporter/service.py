@@ -227,7 +227,8 @@ class Service:
         self.trace_state = state
         return TraceSink(
             StateOutbox(state, source, with_content=t.capture_content,
-                        active=lambda: self.collector.leadership.is_leader),
+                        active=lambda: self.collector.leadership.is_leader,
+                        hold=self.settings.collector.stuck_after),
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
             metrics=self.delivery_metrics,

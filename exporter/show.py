@@ -25,6 +25,7 @@ from .records import (
     BadRow,
     RunRecord,
     StoredMetrics,
+    build_row_runs,
     build_run_record,
     build_session_record,
     run_stored_metrics,
@@ -123,11 +124,12 @@ async def show_run(settings: Settings, run_id: str, out: TextIO, err: TextIO) ->
     if not rows:
         return _not_found("run", run_id, where, err)
     try:
-        r = build_run_record(rows[0], rows[0].get("run_data"))
+        held = build_row_runs(rows[0], rows[0].get("run_data"))
         metrics = run_stored_metrics(rows[0].get("run_data"))
     except BadRow as exc:
         print(f"run {run_id!r} is malformed: {exc}", file=err)
         return 1
+    r = held.run
     print(f"Run {r.run_id}: {r.run_type} {r.name!r}, {r.status}, session {r.session_id}", file=out)
     if r.parent_run_id:
         print(f"  member run of {r.parent_run_id}", file=out)
@@ -137,6 +139,14 @@ async def show_run(settings: Settings, run_id: str, out: TextIO, err: TextIO) ->
         print(f"  error ({r.error_type}): {r.error_message}", file=out)
     print_run_metrics(metrics, out)
     print_tools(r, out)
+    if held.nested:
+        # a workflow's step runs (and a team step's members) have no row of their own: they are here
+        print(f"runs nested in this run's row: {len(held.nested)}", file=out)
+        for n in held.nested:
+            print(f"  {n.run_id}  {n.run_type} {n.name!r}  status={n.status}  parent={n.parent_run_id}"
+                  f"  input_tokens={n.totals['input']} output_tokens={n.totals['output']}", file=out)
+    for key, reason in held.skipped:
+        print(f"  unreadable nested run {key}: {reason}", file=out)
     return 0
 
 

@@ -18,6 +18,7 @@ counted yet are fetched whole.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,7 +208,7 @@ async def estimated_rows(db: Database, schema: str, table: str) -> int | None:
 # history, system messages and provider payloads (most of a run's bytes) are neither sent nor
 # parsed. Anything of an unexpected type is passed through untouched, so records.py still sees
 # it and rejects the row with the same reason as from the whole JSON.
-RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb_build_object(
+_RUN_PROJECTION = """CASE WHEN jsonb_typeof(d) IS DISTINCT FROM 'object' THEN d ELSE jsonb_build_object(
  'run_id', d->'run_id', 'status', d->'status', 'session_id', d->'session_id', 'user_id', d->'user_id',
  'parent_run_id', d->'parent_run_id', 'created_at', d->'created_at', 'updated_at', d->'updated_at',
  'agent_id', d->'agent_id', 'agent_name', d->'agent_name', 'team_id', d->'team_id', 'team_name', d->'team_name',
@@ -230,8 +231,31 @@ RUN_DATA_PROJECTION = """CASE WHEN jsonb_typeof(d) <> 'object' THEN d ELSE jsonb
  'tools', CASE WHEN jsonb_typeof(d->'tools') <> 'array' THEN d->'tools' ELSE (
    SELECT coalesce(jsonb_agg(CASE WHEN jsonb_typeof(t) <> 'object' THEN t ELSE jsonb_build_object(
      'tool_name', t->'tool_name', 'tool_call_id', t->'tool_call_id', 'tool_call_error', t->'tool_call_error',
-     'metrics', t->'metrics', 'child_run_id', t->'child_run_id') END ORDER BY i), '[]')
-   FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END) END"""
+     'metrics', t->'metrics', 'child_run_id', t->'child_run_id',
+     'tool_args', CASE WHEN jsonb_typeof(t->'tool_args') = 'object'
+       THEN jsonb_build_object('member_id', t->'tool_args'->'member_id') END) END ORDER BY i), '[]')
+   FROM jsonb_array_elements(d->'tools') WITH ORDINALITY AS tl(t, i)) END{nested}) END"""
+
+
+def _projection(var: str, nested: str) -> str:
+    """The projection of one run's JSON held in the SQL expression ``var``."""
+    return re.sub(r"\bd\b", lambda _: var, _RUN_PROJECTION).replace("{nested}", nested)
+
+
+# Runs nested in a run (records.build_row_runs): a workflow's step runs and its WorkflowAgent run,
+# cut like the row's own. What they nest in turn (the members of a team step, the steps of a
+# nested workflow) is passed whole: rarer, and projecting every level would multiply the text.
+_NESTED_WHOLE = (", 'step_executor_runs', s->'step_executor_runs', 'member_responses', s->'member_responses',"
+                 " 'workflow_agent_run', s->'workflow_agent_run'")
+_NESTED = (
+    ", 'step_executor_runs', CASE WHEN jsonb_typeof(d->'step_executor_runs') <> 'array'"
+    " THEN d->'step_executor_runs' ELSE (SELECT coalesce(jsonb_agg(" + _projection("s", _NESTED_WHOLE)
+    + " ORDER BY k), '[]') FROM jsonb_array_elements(d->'step_executor_runs') WITH ORDINALITY AS ser(s, k)) END,"
+    " 'workflow_agent_run', " + _projection("(d->'workflow_agent_run')", _NESTED_WHOLE.replace(
+        "s->", "(d->'workflow_agent_run')->"))
+)
+RUN_DATA_PROJECTION = _projection("d", _NESTED)
+
 
 def identity_projection(column: str) -> sql.Composed:
     """The :data:`~exporter.records.IDENTITY_KEYS` of a run's JSON in ``column``, as one small object."""
@@ -319,6 +343,31 @@ class RunsSource:
         async with self.db.statement() as conn:
             cur = await conn.execute(query, {"ids": list(run_ids)})
             return await cur.fetchall()
+
+    async def fetch_children(self, parents: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """Whole rows of the finished runs whose parent is one of these (run id, session id): a team's
+        member runs. By session (agno indexes ``session_id``, not ``parent_run_id``)."""
+        sessions = sorted({sid for _, sid in parents if sid})
+        if not sessions:
+            return []
+        query = sql.SQL("SELECT {cols}, {run_data} AS run_data FROM {t},"
+                        " LATERAL (SELECT run_data || '{{}}'::jsonb AS d OFFSET 0) AS x"
+                        " WHERE session_id = ANY(%(sids)b) AND parent_run_id = ANY(%(ids)b)"
+                        " AND status = ANY(%(final)s)").format(
+            cols=self._cols, run_data=sql.SQL(RUN_DATA_PROJECTION), t=self._runs)
+        async with self.db.statement() as conn:
+            cur = await conn.execute(query, {"sids": sessions, "ids": sorted({rid for rid, _ in parents}),
+                                             "final": _FINAL})
+            return await cur.fetchall()
+
+    async def row_ids(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs have a row (agno's primary key: an index lookup each)."""
+        if not run_ids:
+            return set()
+        async with self.db.statement() as conn:
+            cur = await conn.execute(sql.SQL("SELECT run_id FROM {t} WHERE run_id = ANY(%(ids)b)").format(
+                t=self._runs), {"ids": list(run_ids)})
+            return {r["run_id"] for r in await cur.fetchall()}
 
     async def ancestors(self, run_ids: Sequence[str]) -> dict[str, str]:
         """run id -> id of its top-level run (itself when it has no parent), following parent_run_id."""
@@ -409,15 +458,6 @@ async def read_sessions(db: Database, schema: str, table: str, session_ids: Sequ
     async with db.statement() as conn:
         cur = await conn.execute(query, {"ids": list(session_ids)})
         return await cur.fetchall()
-
-    async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
-        """Whole rows of every run of one session, member runs included (``sessions show``); agno
-        indexes ``session_id``."""
-        query = sql.SQL("SELECT run_id FROM {t} WHERE session_id = %(sid)s").format(t=self._runs)
-        async with self.db.statement() as conn:
-            cur = await conn.execute(query, {"sid": session_id})
-            run_ids = [r["run_id"] for r in await cur.fetchall()]
-        return await self.fetch(run_ids)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,14 @@ class Counted:
     root_run_id: str
     status: str
     session_id: str | None = None
+    host_run_id: str | None = None  # the run whose row holds this run's copy (records.build_row_runs)
+    parent_run_id: str | None = None
+    parent_row_run_id: str | None = None  # the row to read the parent by; None while it is not counted
+
+    @property
+    def row_run_id(self) -> str:
+        """The run id to read this run's row by."""
+        return self.host_run_id or self.run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +131,13 @@ class PostgresState:
                 # rest (states written before it existed start at 0 for the sessions they hold)
                 "ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS estimated_cost double precision NOT NULL"
                 " DEFAULT 0",
+                # Runs nested in another run's row (records.build_row_runs) are read again through it;
+                # a run's parent tells the trace outbox to wait for it (see pending_traces).
+                "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS host_run_id text",
+                "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS parent_run_id text",
+                # The tokens agno's stored session totals should hold, by agno's own convention
+                # (RunRecord.session_tokens); NULL for sessions first counted before this column existed.
+                "ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS agno_tokens bigint",
                 # agno's own spans (traces.forward_agno_spans): the dedupe and the outbox in one row per span
                 "CREATE TABLE IF NOT EXISTS {s}.forwarded_spans (source text NOT NULL, span_id text NOT NULL,"
                 " queued_at double precision NOT NULL, exported boolean NOT NULL DEFAULT false,"
@@ -269,7 +284,7 @@ class PostgresState:
             return {}
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                self._q("SELECT session_id, run_type, name, tokens, runs, disagreement FROM {s}.sessions"
+                self._q("SELECT session_id, run_type, name, tokens, agno_tokens, runs, disagreement FROM {s}.sessions"
                         " WHERE source = %s AND session_id = ANY(%b)"),
                 (self.source, list(session_ids)),
             )
@@ -304,9 +319,16 @@ class PostgresState:
         skipped: Sequence[tuple[str, str]],
         now: float,
         compute: Compute,
+        in_table: set[str] | None = None,
         costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> BatchResult:
         """Count ``records`` (and mark ``skipped`` (run_id, reason) as seen) in one transaction.
+
+        ``records`` hold each run id once. ``in_table`` are the ids of those that have a row of their
+        own in agno's table (all of them when None): only those count towards a session's number of
+        runs, which the session check compares with agno's rows. A nested copy met after its run was
+        counted from its own row takes back what that row claimed for agno's session totals
+        (:attr:`RunRecord.session_tokens`): agno counts such a run through its workflow only.
 
         ``costs``: run id -> (reported, estimated) US dollars, what the run adds to
         ``agno_cost_usd_total`` (:func:`exporter.prom.cost_of`), summed into its session; a run
@@ -322,8 +344,9 @@ class PostgresState:
                 cur = await conn.execute(
                     self._q(
                         "INSERT INTO {s}.runs (source, run_id, root_run_id, status, session_id, counted_at,"
-                        " traces_exported) SELECT %s, *, %s FROM unnest(%b::text[], %b::text[], %b::text[],"
-                        " %b::text[], %b::float8[]) ON CONFLICT DO NOTHING RETURNING run_id"
+                        " host_run_id, parent_run_id, traces_exported) SELECT %s, *, %s FROM unnest(%b::text[],"
+                        " %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::text[])"
+                        " ON CONFLICT DO NOTHING RETURNING run_id"
                     ),
                     (
                         self.source,
@@ -333,10 +356,24 @@ class PostgresState:
                         [r.status for r in records],
                         [r.session_id for r in records],
                         [float(now)] * len(records),
+                        [r.host_run_id for r in records],
+                        [r.parent_run_id for r in records],
                     ),
                 )
                 new_ids = {r["run_id"] for r in await cur.fetchall()}
             new_skipped: list[tuple[str, str]] = []
+            # Nested copies of runs that also have rows of their own and were counted from those rows:
+            # they take back the row's claim, once (the run is then marked as held by this host).
+            again = [r for r in records if r.host_run_id and r.run_id not in new_ids
+                     and (in_table is None or r.run_id in in_table)]
+            from_rows: set[str] = set()
+            if again:
+                cur = await conn.execute(
+                    self._q("UPDATE {s}.runs r SET host_run_id = x.host FROM unnest(%b::text[], %b::text[])"
+                            " AS x(id, host) WHERE r.source = %s AND r.run_id = x.id AND r.host_run_id IS NULL"
+                            " RETURNING r.run_id"),
+                    ([r.run_id for r in again], [r.host_run_id for r in again], self.source))
+                from_rows = {r["run_id"] for r in await cur.fetchall()}
             if skipped:
                 # Malformed rows are remembered so they are neither re-parsed every poll nor counted later.
                 cur = await conn.execute(
@@ -350,7 +387,8 @@ class PostgresState:
                 )
                 new_skipped = [(r["run_id"], r["reason"]) for r in await cur.fetchall()]
             fresh = [r for r in records if r.run_id in new_ids]
-            new_sessions = await self._sessions(conn, fresh, now, costs or {})
+            taken_back = [r for r in records if r.run_id in from_rows]
+            new_sessions = await self._sessions(conn, fresh, now, costs or {}, in_table, taken_back)
             rows = compute(fresh, new_sessions)
             await self._write_series(conn, rows)
         await self._grew("runs", len(new_ids) + len(new_skipped))
@@ -381,62 +419,80 @@ class PostgresState:
     async def _sessions(
         self, conn: psycopg.AsyncConnection[dict[str, Any]], records: Sequence[RunRecord], now: float,
         costs: Mapping[str, tuple[float, float]],
+        in_table: set[str] | None = None, taken_back: Sequence[RunRecord] = (),
     ) -> list[tuple[str, str]]:
-        """Add the runs to their sessions' totals; return (run_type, name) of sessions that are new."""
+        """Add the runs to their sessions' totals; return (run_type, name) of sessions that are new.
+
+        ``runs`` counts the runs with rows of their own (``in_table``), ``agno_tokens`` what agno adds
+        to its stored totals: a run counted from a nested copy adds nothing there, and ``taken_back``
+        (nested copies of runs counted from their own rows) take back what those rows added.
+        """
         agg: dict[str, list[Any]] = {}
-        for r in records:
+        for back, r in (*((False, r) for r in records), *((True, r) for r in taken_back)):
             if not r.session_id:
                 continue
-            tokens = r.totals.get("input", 0) + r.totals.get("output", 0)
-            reported, estimated = costs.get(r.run_id, (r.cost_usd, 0.0))
             a = agg.get(r.session_id)
             if a is None:
                 # A session is named after its top-level run (the member runs of a team share it).
-                agg[r.session_id] = [r.run_type, r.name, tokens, reported, estimated, 1, r.parent_run_id is None]
-            else:
-                a[2] += tokens
-                a[3] += reported
-                a[4] += estimated
-                a[5] += 1
-                if not a[6] and r.parent_run_id is None:
-                    a[0], a[1], a[6] = r.run_type, r.name, True
+                a = agg[r.session_id] = [r.run_type, r.name, 0, 0.0, 0.0, 0, False, 0]
+            if back:
+                a[7] -= r.session_tokens
+                continue
+            reported, estimated = costs.get(r.run_id, (r.cost_usd, 0.0))
+            a[2] += r.totals.get("input", 0) + r.totals.get("output", 0)
+            a[3] += reported
+            a[4] += estimated
+            a[5] += in_table is None or r.run_id in in_table
+            a[7] += 0 if r.host_run_id else r.session_tokens
+            if not a[6] and r.parent_run_id is None:
+                a[0], a[1], a[6] = r.run_type, r.name, True
         if not agg:
             return []
         ids = list(agg)
         cur = await conn.execute(
             self._q(
                 "INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost, estimated_cost,"
-                " runs, first_seen, last_seen)"
-                " SELECT %s, sid, rt, nm, tk, co, est, n, %s, %s"
+                " runs, first_seen, last_seen, agno_tokens)"
+                " SELECT %s, sid, rt, nm, tk, co, est, n, %s, %s, at"
                 " FROM unnest(%b::text[], %b::text[], %b::text[], %b::int8[], %b::float8[], %b::float8[], %b::int[],"
-                " %b::bool[]) AS x(sid, rt, nm, tk, co, est, n, top)"
+                " %b::bool[], %b::int8[]) AS x(sid, rt, nm, tk, co, est, n, top, at)"
                 " ON CONFLICT (source, session_id) DO UPDATE SET tokens = s.tokens + EXCLUDED.tokens,"
                 " cost = s.cost + EXCLUDED.cost, estimated_cost = s.estimated_cost + EXCLUDED.estimated_cost,"
-                " runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen"
+                " runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen,"
+                " agno_tokens = s.agno_tokens + EXCLUDED.agno_tokens"
                 " RETURNING (xmax = 0) AS inserted, run_type, name"
             ),
             (
                 self.source, now, now, ids,
                 [agg[i][0] for i in ids], [agg[i][1] for i in ids], [int(agg[i][2]) for i in ids],
                 [float(agg[i][3]) for i in ids], [float(agg[i][4]) for i in ids], [agg[i][5] for i in ids],
-                [agg[i][6] for i in ids],
+                [agg[i][6] for i in ids], [int(agg[i][7]) for i in ids],
             ),
         )
         return [(r["run_type"], r["name"]) for r in await cur.fetchall() if r["inserted"]]
 
     # --- trace outbox --------------------------------------------------------------------------
 
-    async def pending_traces(self, limit: int) -> list[Counted]:
+    async def pending_traces(self, limit: int, now: float = float("inf"), hold: float = 0.0) -> list[Counted]:
+        """Runs counted but not yet exported as spans, oldest first.
+
+        A run whose parent is not counted yet waits for it (a team member finishes before its team,
+        whose tool call it nests under), for at most ``hold`` seconds after it was counted.
+        """
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self._q(
-                    "SELECT run_id, root_run_id, status, session_id FROM {s}.runs WHERE source = %s"
-                    " AND NOT traces_exported"
-                    " ORDER BY counted_at, run_id LIMIT %s"
+                    "SELECT r.run_id, r.root_run_id, r.status, r.session_id, r.host_run_id, r.parent_run_id,"
+                    " coalesce(p.host_run_id, p.run_id) AS parent_row_run_id FROM {s}.runs r"
+                    " LEFT JOIN {s}.runs p ON p.source = r.source AND p.run_id = r.parent_run_id"
+                    " WHERE r.source = %s AND NOT r.traces_exported"
+                    " AND (r.parent_run_id IS NULL OR p.run_id IS NOT NULL OR r.counted_at < %s)"
+                    " ORDER BY r.counted_at, r.run_id LIMIT %s"
                 ),
-                (self.source, limit),
+                (self.source, now - hold, limit),
             )
-            return [Counted(r["run_id"], r["root_run_id"], r["status"], r["session_id"])
+            return [Counted(r["run_id"], r["root_run_id"], r["status"], r["session_id"], r["host_run_id"],
+                            r["parent_run_id"], r["parent_row_run_id"])
                     for r in await cur.fetchall()]
 
     async def mark_traces_exported(self, run_ids: Sequence[str]) -> None:

@@ -27,7 +27,9 @@ per tool call. Tool spans are *siblings* of the chat spans, as in the convention
 produced from the plan are sibling operations under the same invoke_agent span"): a tool runs after
 the model call that requested it has ended, so it cannot be inside that call's span. The link
 to the requesting call is kept as a span link (and ``gen_ai.tool.call.id``). A run with a parent
-(team member, workflow step) is a child of its parent run's span in the root run's trace.
+is in the root run's trace: a workflow step's run under the workflow's span, a team member's run
+under the ``execute_tool`` span of the team's delegation call that started it
+(:func:`exporter.records.delegating_tool`), else under its parent run's span.
 
 Timing layout (what agno stores and how spans are placed)
 ---------------------------------------------------------
@@ -54,7 +56,14 @@ From that:
    member has finished.
 5. Containment is enforced last: the run span is widened to cover every child, no duration is
    negative. Times agno stored that contradict each other are not "fixed" beyond that; exact tool
-   times always win. Spans of different runs (a team and its member) are placed independently.
+   times always win.
+6. The runs nested in a run are its children too (:func:`layout_tree`): each is laid out by these
+   rules from its own record first, then a workflow's span covers its steps' spans like exactly
+   timed children. agno times only the last moments of a team's delegation call (the tool is a
+   generator; its ``start_time`` is after the member ran), so the call's span is widened to cover
+   the member runs it started (then ``agno.timing = "reconstructed"``). A run's layout depends
+   only on its own record and the records nested in it, never on its parent: the same whichever
+   span is built first.
 
 Dropped spans
 -------------
@@ -98,7 +107,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from exporter import __version__
 from exporter.ids import span_id_for, trace_id_for
-from exporter.records import ModelCall, RunRecord, ToolCall
+from exporter.records import ModelCall, RunRecord, ToolCall, delegating_tool
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +166,27 @@ def _exact(tool: ToolCall) -> tuple[float, float] | None:
     return tool.start_time, tool.end_time
 
 
-def layout_run(record: RunRecord) -> RunLayout:
+def layout_run(record: RunRecord, children: Sequence[tuple[SpanTimes, str | None]] = ()) -> RunLayout:
+    """Place a run's spans (see the module docstring).
+
+    ``children``: the run spans of the runs nested in this one (a workflow's steps, a team's member
+    runs), each with the call id of the tool call that started it (a team's delegation call) or
+    None. The run covers them like exactly timed children of its own; a delegation call covers the
+    member runs it started, since agno times only the call's last moments (module docstring).
+    """
     calls, tools = record.model_calls, record.tool_calls
     created = float(record.created_at)
+    started: dict[str, list[SpanTimes]] = {}
+    for child, call_id in children:
+        if call_id is not None:
+            started.setdefault(call_id, []).append(child)
+
+    def measured(tool: ToolCall) -> tuple[float, float] | None:
+        exact = _exact(tool)
+        runs = started.get(tool.call_id)
+        if exact is None or not runs:
+            return exact
+        return min(exact[0], *(r.start_ns / 1e9 for r in runs)), max(exact[1], *(r.end_ns / 1e9 for r in runs))
 
     # Message order: each model call, then the tools it requested; tools no call claims go last.
     owner: dict[str, int] = {}
@@ -188,8 +215,8 @@ def layout_run(record: RunRecord) -> RunLayout:
     anchor: int | None = None
     cursor = 0.0
     for k, (kind, i) in enumerate(seq):
-        if kind == "tool" and (measured := _exact(tools[i])) is not None:
-            anchor, cursor = k, measured[0]
+        if kind == "tool" and (interval := measured(tools[i])) is not None:
+            anchor, cursor = k, interval[0]
             break
     proposed: dict[int, float] = {}
     if anchor is not None:
@@ -200,7 +227,7 @@ def layout_run(record: RunRecord) -> RunLayout:
     placed: dict[tuple[str, int], tuple[float, float]] = {}
     prev_end: float | None = None
     for k, (kind, i) in enumerate(seq):
-        exact = _exact(tools[i]) if kind == "tool" else None
+        exact = measured(tools[i]) if kind == "tool" else None
         if exact is not None:
             start, end = exact
         else:
@@ -214,11 +241,13 @@ def layout_run(record: RunRecord) -> RunLayout:
         placed[(kind, i)] = (start, end)
         prev_end = end if prev_end is None else max(prev_end, end)
 
-    lo = min((s for s, _ in placed.values()), default=None)
-    hi = max((e for _, e in placed.values()), default=None)
+    spans = [*placed.values(), *((c.start_ns / 1e9, c.end_ns / 1e9) for c, _ in children)]
+    lo = min((s for s, _ in spans), default=None)
+    hi = max((e for _, e in spans), default=None)
     duration = record.duration
     if duration is not None:
-        start = max(created, hi - duration) if anchor is not None and hi is not None else created
+        aligned = anchor is not None or bool(children)
+        start = max(created, hi - duration) if aligned and hi is not None else created
         if lo is not None:
             start = min(start, lo)
         end = max(start + duration, hi if hi is not None else start)
@@ -231,10 +260,31 @@ def layout_run(record: RunRecord) -> RunLayout:
         return SpanTimes(s, max(s, epoch_ns(interval[1])), exact)
 
     chat_times = tuple(times(placed[("chat", ci)], False) for ci in range(len(calls)))
-    tool_times = tuple(times(placed[("tool", ti)], _exact(tools[ti]) is not None) for ti in range(len(tools)))
-    run_start = min([epoch_ns(start), *(t.start_ns for t in chat_times + tool_times)])
-    run_end = max([epoch_ns(end), run_start, *(t.end_ns for t in chat_times + tool_times)])
+    def tool_times_of(ti: int) -> SpanTimes:
+        t = times(placed[("tool", ti)], _exact(tools[ti]) is not None)
+        runs = started.get(tools[ti].call_id)
+        if not runs:
+            return t
+        # covering the member runs exactly (in ns: seconds as floats are ~0.4 µs coarse at today's epoch)
+        return SpanTimes(min(t.start_ns, *(r.start_ns for r in runs)), max(t.end_ns, *(r.end_ns for r in runs)),
+                         False)
+
+    tool_times = tuple(tool_times_of(ti) for ti in range(len(tools)))
+    inner = (*chat_times, *tool_times, *(c for c, _ in children))
+    run_start = min([epoch_ns(start), *(t.start_ns for t in inner)])
+    run_end = max([epoch_ns(end), run_start, *(t.end_ns for t in inner)])
     return RunLayout(SpanTimes(run_start, run_end, False), chat_times, tool_times)
+
+
+def layout_tree(record: RunRecord, nested: Mapping[str, Sequence[RunRecord]]) -> RunLayout:
+    """:func:`layout_run` of a run together with the runs nested in it (``nested``: run id -> the
+    runs nested directly in it), each laid out the same way first: a run's layout depends only on
+    its own record and theirs, so it is the same whichever span is built first."""
+    kids: list[tuple[SpanTimes, str | None]] = []
+    for child in nested.get(record.run_id, ()):
+        tool = delegating_tool(record, child) if record.run_type == "team" else None
+        kids.append((layout_tree(child, nested).run, tool.call_id if tool else None))
+    return layout_run(record, kids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,19 +335,29 @@ def build_spans(
     parent_run_id: str | None = None,
     resource: Resource,
     capture_content: bool = False,
+    parent_tool: ToolCall | None = None,
+    nested: Mapping[str, Sequence[RunRecord]] | None = None,
 ) -> list[ReadableSpan]:
     """The spans of one run: its invoke span first, then chat spans, then tool spans.
 
     ``root_run_id`` names the trace (the top-level run); ``parent_run_id`` the run whose span is
-    this run's parent. A run that is its own root gets no parent. Content (prompts, answers) is
-    added only with ``capture_content=True`` *and* a record built with content.
+    this run's parent, and ``parent_tool`` the tool call of that run that started this one (a team
+    member under its delegation call, see records.delegating_tool): its ``execute_tool`` span is
+    then the parent. ``nested`` (run id -> runs nested directly in it, from the row holding them)
+    lets a workflow's span cover its steps' spans. A run that is its own root gets no parent.
+    Content (prompts, answers) is added only with ``capture_content=True`` *and* a record built
+    with content.
     """
     run_id = record.run_id
     root = root_run_id or run_id
     trace_id = trace_id_for(root)
     run_ctx = _context(trace_id, span_id_for(run_id))
-    parent = _context(trace_id, span_id_for(parent_run_id)) if parent_run_id and root != run_id else None
-    layout = layout_run(record)
+    parent = None
+    if parent_run_id and root != run_id:
+        parent_span = span_id_for(parent_run_id, "tool", parent_tool.call_id) if parent_tool else span_id_for(
+            parent_run_id)
+        parent = _context(trace_id, parent_span)
+    layout = layout_tree(record, nested or {})
     workflow = record.run_type == "workflow"
     operation = "invoke_workflow" if workflow else "invoke_agent"
     known_model = record.model != "unknown"
@@ -601,10 +661,13 @@ class Pending(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PendingTrace:
-    """A run collected but not yet exported as spans; ``root_run_id`` names its trace."""
+    """A run collected but not yet exported as spans; ``root_run_id`` names its trace, ``parent_tool``
+    and ``nested`` are as in :func:`build_spans`."""
 
     record: RunRecord
     root_run_id: str
+    parent_tool: ToolCall | None = None
+    nested: Mapping[str, Sequence[RunRecord]] | None = None
 
     @property
     def key(self) -> str:
@@ -612,7 +675,8 @@ class PendingTrace:
 
     def build(self, resource: Resource, capture_content: bool) -> list[ReadableSpan]:
         return build_spans(self.record, root_run_id=self.root_run_id, parent_run_id=self.record.parent_run_id,
-                           resource=resource, capture_content=capture_content)
+                           resource=resource, capture_content=capture_content, parent_tool=self.parent_tool,
+                           nested=self.nested)
 
     def span_count(self) -> int:
         return expected_span_count(self.record)

@@ -44,6 +44,10 @@ AGNO2_REQUIREMENTS = (
     "greenlet==3.5.6",  # agno.db.postgres imports sqlalchemy.ext.asyncio
     "psycopg[binary]==3.3.9",
     "psycopg-binary==3.3.9",
+    # agno.workflow imports fastapi (agno/workflow/remote.py), which needs these two
+    "fastapi==0.165.0",
+    "starlette==1.10.0",
+    "opentelemetry-api==1.45.2",
     "agnoctl==0.2.1",
     "annotated-doc==0.0.7",
     "annotated-types==0.8.0",
@@ -151,7 +155,7 @@ def agno2_venv() -> Path:
             _run([str(_venv_python(tmp)), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                   "-q", "-r", str(req)], f"pip install agno=={AGNO2_VERSION} into {tmp}")
             _run([str(_venv_python(tmp)), "-c",
-                  "import agno.agent, agno.team, agno.db.postgres, agno.models.openai, psycopg"],
+                  "import agno.agent, agno.team, agno.workflow, agno.db.postgres, agno.models.openai, psycopg"],
                  "importing agno 2.x in its virtualenv")
             (tmp / _MARKER).write_text(requirements_text())
             if final.exists():  # a stale or broken copy: set it aside, then replace it

@@ -1,7 +1,7 @@
 """Write real agno 2.x data: run with the agno 2.9 virtualenv's python (see agno2_support.py).
 
     python agno2_writer.py --db-url postgresql+psycopg://... --llm-url http://127.0.0.1:PORT/v1 \
-        --scenario basic|many|stuck [--n 50] [--concurrency 8]
+        --scenario basic|many|stuck|workflow [--n 50] [--concurrency 8]
 
 It imports agno 2.x only (never the project's ``exporter`` package), runs real agents and teams on
 ``PostgresDb`` against the simulated OpenAI-compatible model and prints ONE JSON document on stdout:
@@ -25,6 +25,7 @@ Scenarios:
   many   --n background runs of one agent, ``runs_per_session`` after another in each session, sessions
          in parallel (--concurrency).
   prepare  no run: agno creates its (empty) sessions table, e.g. for a test to put a trigger on it.
+  workflow  a workflow with agent, team, Parallel and Loop steps (its step runs nested in its run).
   stuck  one background run whose model call stalls; the process exits hard (os._exit) once agno has
          stored it as RUNNING, so the blob keeps a run that never finishes (agno 2.x has no recovery).
 """
@@ -73,7 +74,7 @@ class App:
         self._models: list[OpenAIChat] = []
         self.runs: list[dict[str, Any]] = []
         self.seen: set[str] = set()
-        self.owners: dict[str, Agent | Team] = {}  # session_id -> the agent/team that owns it
+        self.owners: dict[str, Any] = {}  # session_id -> the agent/team/workflow that owns it
 
     def model(self, base_url: str | None = None) -> OpenAIChat:
         m = OpenAIChat(id="gpt-4o-mini", base_url=base_url or self.llm_url, api_key="sim", max_retries=0)
@@ -139,14 +140,16 @@ class App:
             "agent_name": getattr(out, "agent_name", None),
             "team_id": getattr(out, "team_id", None),
             "team_name": getattr(out, "team_name", None),
+            "workflow_name": getattr(out, "workflow_name", None) if kind == "workflow" else None,
             "model": getattr(out, "model", None),
             "model_provider": getattr(out, "model_provider", None),
             "created_at": getattr(out, "created_at", None),
             "metrics": _dict(out.metrics),
             "tools": [{"tool_name": t.tool_name, "tool_call_error": t.tool_call_error,
-                       "duration": t.metrics.duration if t.metrics else None} for t in out.tools or []],
+                       "duration": t.metrics.duration if t.metrics else None}
+                      for t in getattr(out, "tools", None) or []],
             "messages": [{"role": m.role, "from_history": m.from_history, "metrics": _dict(m.metrics)}
-                         for m in out.messages or []],
+                         for m in getattr(out, "messages", None) or []],
             # run ids of member runs agno ALSO nested in this run's member_responses (store_member_responses=True)
             "nested_member_run_ids": nested,
         })
@@ -157,7 +160,8 @@ class App:
             metrics = await owner.aget_session_metrics(session_id=sid)
             result.append({
                 "session_id": sid,
-                "session_type": "team" if isinstance(owner, Team) else "agent",
+                "session_type": "team" if isinstance(owner, Team) else
+                                "agent" if isinstance(owner, Agent) else "workflow",
                 "owner": owner.name,
                 "metrics": _dict(metrics),
             })
@@ -194,6 +198,37 @@ async def scenario_basic(app: App) -> None:
     await app.run("team", team, user_id="bob")
     await app.run("team-stored", team_stored)
     await app.run("error", broken)
+
+
+async def scenario_workflow(app: App) -> None:
+    """A workflow with an agent step, a team step, a Parallel and a Loop; every run agno 2.9 holds for
+    it (nested in the workflow run) read back through its own API."""
+    from agno.workflow import Loop, Parallel, Step, Workflow
+
+    def plain(name: str, tools: bool = False) -> Agent:
+        return Agent(name=name, model=app.model(), tools=[get_stock_price] if tools else [], telemetry=False)
+
+    team = Team(name="StepTeam", model=app.model(), members=[plain("StockAgent", tools=True)], telemetry=False)
+    flow = Workflow(name="ReportFlow", db=app.db, telemetry=False, steps=[
+        Step(name="research", agent=plain("Researcher", tools=True)),
+        Step(name="team", team=team),
+        Parallel(Step(name="p1", agent=plain("Writer")), name="parallel"),
+        Loop(steps=[Step(name="again", agent=plain("Scribe"))], max_iterations=2, name="loop"),
+    ])
+    out = await flow.arun(PROMPT)
+    back = await flow.aget_run_output(run_id=out.run_id, session_id=out.session_id)
+    app.owners[out.session_id] = flow
+
+    def walk(run: Any, kind: str) -> None:
+        if run is None or run.run_id in app.seen:
+            return
+        app.record("workflow", run, kind=kind)
+        for step in getattr(run, "step_executor_runs", None) or []:
+            walk(step, "step")
+        for member in getattr(run, "member_responses", None) or []:
+            walk(member, "member")
+
+    walk(back, "workflow")
 
 
 async def scenario_many(app: App, n: int, concurrency: int, runs_per_session: int = 3) -> None:
@@ -241,7 +276,7 @@ async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--db-url", required=True, help="SQLAlchemy URL, postgresql+psycopg://...")
     p.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:PORT/v1")
-    p.add_argument("--scenario", choices=["prepare", "basic", "many", "stuck"], default="basic")
+    p.add_argument("--scenario", choices=["prepare", "basic", "many", "stuck", "workflow"], default="basic")
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--schema", default="ai")
@@ -258,6 +293,8 @@ async def main() -> int:
             await scenario_basic(app)
         elif args.scenario == "many":
             await scenario_many(app, args.n, args.concurrency)
+        elif args.scenario == "workflow":
+            await scenario_workflow(app)
         else:
             await scenario_stuck(app)
             result_out.write(json.dumps({"agno_version": version("agno"), "runs": app.runs, "sessions": []}) + "\n")

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from agno2_support import migrate_sessions, write_agno2
 from otlp_receiver import OtlpReceiver
+from prometheus_client import CollectorRegistry, generate_latest
 from scrape import Samples, scrape_text
 from support import more_polls
 from test_collect_e2e import make_service, wait_counted
@@ -62,9 +63,12 @@ def test_agno2_metrics_equal_agno_api(db_url: str, sim_url: str, agno2_python: s
         assert span.attributes.get("gen_ai.usage.input_tokens", 0) == m.get("input_tokens", 0)
         assert span.attributes.get("gen_ai.usage.output_tokens", 0) == m.get("output_tokens", 0)
         assert (span.status_code == 2) == (r["status"] == "ERROR")
-        if r["parent_run_id"]:
+        if r["parent_run_id"]:  # a member: under the team's call that delegated to it
             parent = top[r["parent_run_id"]]
-            assert (span.trace_id, span.parent_span_id) == (parent.trace_id, parent.span_id)
+            (call,) = [sp for sp in spans if sp.name == "execute_tool delegate_task_to_member"
+                       and sp.attributes["agno.run_id"] == r["parent_run_id"]]
+            assert (span.trace_id, span.parent_span_id) == (parent.trace_id, call.span_id)
+            assert call.parent_span_id == parent.span_id
     assert s.sum("agno_runs_total", name="StockAgent") == 2  # member runs, counted once each
     # Sessions: agno's stored session totals equal the sums of their runs (run one after another here).
     top = {labels["session_id"]: v for labels, v in s.by_name["agno_session_top_tokens"]}
@@ -73,6 +77,42 @@ def test_agno2_metrics_equal_agno_api(db_url: str, sim_url: str, agno2_python: s
         assert top.get(sess["session_id"], 0) == sm.get("input_tokens", 0) + sm.get("output_tokens", 0)
     assert s.sum("agno_sessions_total") == len({r["session_id"] for r in runs})
     assert s.sum("agno_session_disagreements_total") == 0
+
+
+def test_agno2_workflow_steps_are_counted(db_url: str, sim_url: str, agno2_python: str) -> None:
+    """agno 2.9 nests a workflow's step runs (and a team step's member runs) in the workflow run's
+    element of ``agno_sessions.runs``, as 3.x does in its row: each is counted once, like any run."""
+    result = write_agno2(agno2_python, db_url, sim_url, "workflow")
+    runs = result["runs"]
+    kinds = sorted(r["kind"] for r in runs)
+    assert kinds == ["member", "step", "step", "step", "step", "step", "workflow"]  # loop: two runs
+    (session,) = result["sessions"]
+    assert session["session_type"] == "workflow"
+
+    async def main() -> Samples:
+        c = make_collector(db_url, session_settle=0.0)
+        try:
+            while (await c.poll_once()).counted:
+                pass
+            await c.poll_once()  # the session check, now all runs are counted
+            assert not c._session_checks
+            ours = (await c.state.sessions_by_id([session["session_id"]]))[session["session_id"]]
+            sm = session["metrics"]
+            # agno's workflow session totals: its run's metrics.steps (the team's leader, one Loop run)
+            assert ours["agno_tokens"] == sm["input_tokens"] + sm["output_tokens"] < ours["tokens"]
+            registry = CollectorRegistry()
+            registry.register(c.store)
+            return Samples(generate_latest(registry).decode())
+        finally:
+            await close(c)
+
+    s = asyncio.run(main())
+    assert_matches_agno(s, runs)
+    assert s.sum("agno_runs_total") == len(runs)
+    assert s.sum("agno_runs_total", run_type="workflow", name="ReportFlow") == 1
+    assert s.sum("agno_runs_total", run_type="team", name="StepTeam") == 1
+    assert s.sum("agno_session_disagreements_total") == 0
+    assert truth_tokens(runs) > 0
 
 
 def test_mid_migration_counts_each_run_once(db_url: str, sim_url: str, agno2_python: str) -> None:

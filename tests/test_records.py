@@ -16,6 +16,7 @@ from exporter.records import (
     MAX_TIMESTAMP,
     BadRow,
     TokenAnomaly,
+    build_row_runs,
     build_run_record,
     build_session_record,
     provider_name,
@@ -223,13 +224,39 @@ def test_reported_cost_is_kept() -> None:
     assert r.cost_usd == pytest.approx(0.0021) and r.costs[0].model == "gpt-4o-mini"
 
 
-def test_workflow_tokens_come_from_step_rows() -> None:
+def test_a_workflow_run_has_no_tokens_of_its_own() -> None:
     r = build_run_record(
         {"run_id": "w1", "status": "COMPLETED", "run_type": "workflow", "workflow_id": "wf"},
         {"workflow_name": "Pipeline", "metrics": {"duration": 3.5, "steps": {"research": {}, "write": {}}}},
     )
     assert (r.run_type, r.name, r.duration) == ("workflow", "Pipeline", 3.5)
     assert r.tokens == () and r.workflow_step_names == ("research", "write")
+    # real workflows (and their nested step runs) are in test_workflows.py
+
+
+def test_malformed_nested_runs_are_skipped_alone() -> None:
+    """Hand-made bad nesting: each bad nested run is skipped with a reason; the row and the others count."""
+    step = copy.deepcopy(by_prefix("485a6b32")["run_data"])
+    bad_metrics = {**copy.deepcopy(step), "run_id": "s2", "metrics": {"input_tokens": -1}}
+    deep: dict[str, Any] = {"run_id": "n0", "workflow_name": "Nest", "status": "COMPLETED", "step_executor_runs": []}
+    level = deep
+    for i in range(1, 12):  # deeper than agno itself reads nested workflows
+        child = {"run_id": f"n{i}", "workflow_name": "Nest", "status": "COMPLETED", "step_executor_runs": []}
+        level["step_executor_runs"].append(child)
+        level = child
+    data = {"workflow_name": "Pipeline", "metrics": {"steps": {}},
+            "step_executor_runs": [step, "not a run", bad_metrics, deep, step]}
+    runs = build_row_runs({"run_id": "w1", "status": "COMPLETED", "run_type": "workflow", "session_id": "s"}, data)
+    assert runs.run.run_id == "w1"
+    assert [r.run_id for r in runs.nested] == [step["run_id"], *(f"n{i}" for i in range(10))]
+    assert all(r.host_run_id == "w1" for r in runs.nested)
+    # session from the copy, else the row's
+    assert [r.session_id for r in runs.nested] == [step["session_id"], *["s"] * 10]
+    assert runs.nested[0].parent_run_id == "w1" and runs.nested[2].parent_run_id == "n0"
+    assert runs.skipped == (("w1/w1.step_executor_runs[1]", "wrong_type"), ("s2", "negative"),
+                            ("n10", "nested_too_deep"))
+    with pytest.raises(BadRow, match="wrong_type"):  # the row's own run is still all or nothing
+        build_row_runs({"run_id": "w1", "status": "COMPLETED"}, {**data, "metrics": {"steps": []}})
 
 
 def test_agno2_session_run_element() -> None:

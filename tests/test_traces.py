@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from reference import runs_v3
 
 from exporter.ids import span_id_for, trace_id_for
-from exporter.records import RunRecord, TokenAnomaly, build_run_record
+from exporter.records import RunRecord, TokenAnomaly, build_run_record, delegating_tool
 from exporter.traces import (
     PendingTrace,
     TraceSink,
@@ -141,6 +141,55 @@ def test_team_and_member_share_one_trace_whichever_is_built_first(
     # every parent id points at a span of the same trace
     ids = {sid(s) for s in spans}
     assert all(s.parent is None or s.parent.span_id in ids for s in spans)
+
+
+def test_a_member_nests_under_the_delegation_call_that_started_it(records: dict[str, RunRecord]) -> None:
+    team, member = records[TEAM], records[MEMBER]
+    tool = delegating_tool(team, member)
+    # agno's call delegate_task_to_member(member_id="stockagent") (its child_run_id is empty: not streamed)
+    assert tool is not None and tool.name == "delegate_task_to_member" and tool.member_id == member.entity_id
+    assert tool.child_run_id is None
+    member_spans = build_spans(member, root_run_id=TEAM, parent_run_id=TEAM, parent_tool=tool, resource=RESOURCE)
+    team_spans = build_spans(team, root_run_id=TEAM, resource=RESOURCE, nested={TEAM: (member,)})
+    (delegation,) = by_name(team_spans, "execute_tool delegate_task_to_member")
+    member_run = member_spans[0]
+    assert sid(delegation) == span_id_for(TEAM, "tool", tool.call_id)
+    assert member_run.parent is not None and member_run.parent.span_id == sid(delegation)
+    # agno times only the last moments of a delegation call (after the member ran): the span covers
+    # the member's run, so it is reconstructed; the member's own spans do not depend on the team's.
+    assert tool.start_time is not None and tool.start_time > (member.created_at + (member.duration or 0))
+    assert start(delegation) <= start(member_run) and end(member_run) <= end(delegation)
+    assert delegation.attributes is not None and delegation.attributes["agno.timing"] == "reconstructed"
+    assert [(sid(s), start(s), end(s)) for s in member_spans] == [
+        (sid(s), start(s), end(s)) for s in build_spans(member, root_run_id=TEAM, parent_run_id=TEAM,
+                                                        parent_tool=tool, resource=RESOURCE)]
+    # the team's run span still covers all its children, and lasts agno's duration
+    team_run = team_spans[0]
+    assert all(start(team_run) <= start(s) and end(s) <= end(team_run) for s in (*team_spans, *member_spans))
+    # a member of another agent, or of another run, is not matched
+    assert delegating_tool(team, replace(member, entity_id="someone-else")) is None
+    assert delegating_tool(team, replace(member, parent_run_id="another-run")) is None
+    # without the member's record the call keeps agno's exact times
+    (alone,) = by_name(spans_of(team), "execute_tool delegate_task_to_member")
+    assert alone.attributes is not None and alone.attributes["agno.timing"] == "exact"
+    assert start(alone) == epoch_ns(tool.start_time)
+
+
+def test_a_delegation_call_handed_the_same_member_twice_is_told_by_its_times(
+        records: dict[str, RunRecord]) -> None:
+    team, member = records[TEAM], records[MEMBER]
+    (call,) = team.tool_calls
+    assert call.start_time is not None and call.end_time is not None
+    # a second call to the same member, an hour earlier: the member ran within the first one only
+    earlier = replace(call, index=1, call_id="call_earlier", start_time=call.start_time - 3600,
+                      end_time=call.end_time - 3600)
+    twice = replace(team, tool_calls=(earlier, replace(call, start_time=float(member.created_at))))
+    tool = delegating_tool(twice, member)
+    assert tool is not None and tool.call_id == call.call_id
+    # two calls that both contain the member's run: it cannot be told, the member hangs under the run
+    ambiguous = replace(twice, tool_calls=(replace(earlier, start_time=float(member.created_at),
+                                                   end_time=call.end_time), twice.tool_calls[1]))
+    assert delegating_tool(ambiguous, member) is None
 
 
 def test_rebuilding_gives_byte_identical_ids_and_payload(records: dict[str, RunRecord]) -> None:

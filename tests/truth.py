@@ -19,18 +19,39 @@ def _dict(value: Any) -> Any:
 
 
 def run_truth(out: Any) -> dict[str, Any]:
-    """An agno RunOutput / TeamRunOutput (from ``aget_run_output``) in the writer's shape."""
+    """An agno RunOutput / TeamRunOutput / WorkflowRunOutput (from ``aget_run_output``) in the writer's
+    shape. A workflow run's ``metrics`` are agno's WorkflowMetrics (``steps`` and ``duration``)."""
     status = out.status.value if hasattr(out.status, "value") else out.status
     return {
         "run_id": out.run_id, "session_id": out.session_id, "status": status,
         "parent_run_id": getattr(out, "parent_run_id", None),
         "agent_name": getattr(out, "agent_name", None), "team_name": getattr(out, "team_name", None),
+        "workflow_name": getattr(out, "workflow_name", None),
         "metrics": _dict(out.metrics),
         "tools": [{"tool_name": t.tool_name, "tool_call_error": t.tool_call_error,
-                   "duration": t.metrics.duration if t.metrics else None} for t in out.tools or []],
+                   "duration": t.metrics.duration if t.metrics else None} for t in getattr(out, "tools", None) or []],
         "messages": [{"role": m.role, "from_history": m.from_history, "metrics": _dict(m.metrics)}
-                     for m in out.messages or []],
+                     for m in getattr(out, "messages", None) or []],
     }
+
+
+def workflow_truth(out: Any) -> list[dict[str, Any]]:
+    """Every run one agno WorkflowRunOutput holds, once each, by agno's own objects: the workflow run,
+    its steps' runs (``step_executor_runs``, a nested workflow's in turn), its WorkflowAgent run, and
+    the member runs of its team steps (``member_responses``)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(run: Any) -> None:
+        if run is None or run.run_id in found:
+            return
+        found[run.run_id] = run_truth(run)
+        for nested in (*(getattr(run, "step_executor_runs", None) or []),
+                       *(getattr(run, "member_responses", None) or []),
+                       getattr(run, "workflow_agent_run", None)):
+            walk(nested)
+
+    walk(out)
+    return list(found.values())
 
 
 def truth_tokens(runs: list[dict[str, Any]]) -> int:
@@ -45,7 +66,7 @@ def assert_matches_agno(s: Samples, runs: list[dict[str, Any]]) -> None:
     ttft: dict[str, list[float]] = defaultdict(list)
     tools: dict[tuple[str, str], int] = defaultdict(int)
     for r in runs:
-        name = r["agent_name"] or r["team_name"]
+        name = r["agent_name"] or r["team_name"] or r.get("workflow_name")
         assert name, r["run_id"]
         m = r["metrics"] or {}
         for f, ttype in TOKEN_FIELDS:
