@@ -354,7 +354,7 @@ def test_the_workflow_agents_run_is_counted(db_url: str, sim_url: str) -> None:
         # `runs show` of the workflow lists the runs nested in its row
         printed = io.StringIO()
         settings = load_settings(None, environ={}, overrides={"database": {"url": db_url}})
-        assert await show_run(settings, back.run_id, printed) == 0
+        assert await show_run(settings, back.run_id, printed, io.StringIO()) == 0
         lines = printed.getvalue().splitlines()
         assert "runs nested in this run's row: 2" in lines
         assert {line.split()[0] for line in lines if line.startswith("  ") and "parent=" in line} == {
