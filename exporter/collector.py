@@ -29,7 +29,17 @@ from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
 from .readers import AgnoSource, Reader
-from .records import BadRow, RunRecord, build_run_record, build_session_record, row_run_id
+from .records import (
+    BadRow,
+    RunRecord,
+    SessionRecord,
+    SessionRun,
+    build_run_record,
+    build_session_record,
+    build_session_run,
+    row_run_id,
+    session_claim_tokens,
+)
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, Snapshot
 from .state import PostgresState, StateNotWritable
@@ -310,10 +320,16 @@ class RunCollector:
             self.on_commit(batch.new_records)
 
     async def _check_sessions(self, now: float) -> None:
-        """Compare agno's stored session totals with the sum of the session's runs (agno can lose updates).
+        """Compare agno's stored session totals with the session's runs (agno can lose updates).
 
         A session is compared once all its runs are finished and counted, and a settle time after
-        its last run was counted. Each disagreeing session is counted once and logged once.
+        its last run was counted. Its totals should equal its runs' sum, except where the agno
+        release that saved the session left runs out: agno 2.3.5-2.5.3 add only a team run's own
+        metrics, not its member runs' (see records.TEAM_TOTALS, the README's agno release table).
+        Only a session whose totals differ from its runs' sum has its runs read, to apply those
+        rules run by run (a session may have been saved by several releases). A session whose stored
+        runs are fewer than the runs counted (agno 2.x rewrote its runs blob from an older copy and
+        dropped finished runs) disagrees. Each disagreeing session is counted once and logged once.
         """
         due = [sid for sid, t in self._session_checks.items() if now - t >= self.opts.session_settle]
         if not due:
@@ -321,8 +337,9 @@ class RunCollector:
         counts = await self.source.session_run_counts(due)
         ours = await self.state.sessions_by_id(due)
         complete = [sid for sid in due
-                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] == ours[sid]["runs"]]
-        disagreeing: dict[str, tuple[int, int]] = {}
+                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] <= ours[sid]["runs"]]
+        disagreeing: dict[str, str] = {}  # session id -> what is wrong, for the log
+        by_rules: dict[str, SessionRecord] = {}  # sessions to compare run by run
         for row in await self.source.sessions(complete):
             try:
                 stored = build_session_record(row)
@@ -330,9 +347,19 @@ class RunCollector:
                 log.warning("session %s: unreadable session_metrics: %s", row.get("session_id"), exc)
                 continue
             mine = ours[stored.session_id]
-            claimed = stored.totals["input"] + stored.totals["output"]
-            if claimed != mine["tokens"] and not mine["disagreement"]:
-                disagreeing[stored.session_id] = (claimed, int(mine["tokens"]))
+            summed = int(mine["tokens"])
+            if mine["disagreement"] or stored.claimed_tokens == summed:
+                continue
+            dropped = int(mine["runs"]) - counts[stored.session_id][0]
+            if dropped > 0:
+                disagreeing[stored.session_id] = (
+                    f"agno's stored session_metrics claim {stored.claimed_tokens} tokens, the runs counted sum to"
+                    f" {summed}; agno no longer holds {dropped} of those finished runs (agno 2.x: a concurrent save"
+                    " of the session rewrote its runs from an older copy)")
+            else:
+                by_rules[stored.session_id] = stored
+        if by_rules:
+            await self._check_by_rules(by_rules, ours, disagreeing)
         for sid in due:
             self._session_checks.pop(sid, None)
         if not disagreeing:
@@ -347,9 +374,33 @@ class RunCollector:
 
         await self.state.flag_disagreements(list(disagreeing), compute)
         staged_box[-1].apply()
-        for sid, (claimed, summed) in disagreeing.items():
-            log.warning("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d "
-                        "(exported totals come from the runs)", sid, claimed, summed)
+        for sid, why in disagreeing.items():
+            log.warning("session %s: %s (exported totals come from the runs)", sid, why)
+
+    async def _check_by_rules(self, stored: dict[str, SessionRecord], ours: dict[str, dict[str, Any]],
+                              disagreeing: dict[str, str]) -> None:
+        """What each session's totals should claim by the rules of the releases that saved its runs."""
+        for sid, record in stored.items():
+            runs: dict[str, SessionRun] = {}
+            try:
+                for row in await self.source.session_runs(sid):  # one run once, whichever table holds it
+                    run = build_session_run(row, row.get("run_data"))
+                    if run.final:
+                        runs[run.run_id] = run
+            except BadRow as exc:  # the run itself is counted as skipped where it is read
+                log.warning("session %s: a run is unreadable, the session is not compared: %s", sid, exc)
+                continue
+            expected = session_claim_tokens(list(runs.values()))
+            if record.claimed_tokens == expected:
+                log.debug("session %s: agno's stored totals leave out member runs, as the agno release that"
+                          " saved them does (%d tokens of %d)", sid, expected, ours[sid]["tokens"])
+                continue
+            summed = int(ours[sid]["tokens"])
+            rule = "" if expected == summed else f" (by the rules of the agno release that saved them: {expected})"
+            cause = ("lost updates: runs of the session ran concurrently" if record.claimed_tokens < expected else
+                     "tokens of runs agno did not store, e.g. the members of a team inside a team")
+            disagreeing[sid] = (f"agno's stored session_metrics claim {record.claimed_tokens} tokens, its runs sum"
+                                f" to {summed}{rule}; likely {cause}")
 
     # --- the loop ------------------------------------------------------------------------------
 

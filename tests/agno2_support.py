@@ -91,16 +91,17 @@ class Release:
 
     ``team_totals``: what agno's stored team session totals add up: "members" (the team runs and their
     member runs) or "leader" (the team runs' own metrics only: agno 2.3.5-2.5.3). ``nested_members``:
-    whether agno stores the member runs of a team that is itself a member (agno 2.5.4 and later add
-    them to the session totals without storing them). ``python`` None: a virtualenv of its own;
-    otherwise the project's interpreter runs it (the installed agno).
+    "unstored" where agno adds the runs of a team inside a team's members to the session totals but
+    stores no run for them (2.5.4 and later); older releases neither store nor add them. ``installed``:
+    the project's own agno, run by the project's interpreter (no virtualenv).
     """
 
     version: str
     layout: str  # "v2": runs in agno_sessions.runs; "v3": agno_runs
     team_totals: str
     error_runs_stored: bool  # agno before 2.3.14 raises to the caller and stores nothing
-    nested_members: str  # "stored", "unstored" (yet in agno's session totals), "left out" (E2)
+    nested_members: str  # the runs under a team inside a team: "unstored" yet in the totals, or not
+    runs_column: str | None = "jsonb"  # type of agno_sessions.runs in a database the release created
     extras: tuple[str, ...] = ()
     installed: bool = False
 
@@ -114,11 +115,15 @@ class Release:
 
 # One release per storage convention (see the README's release table for what changes where).
 RELEASES: dict[str, Release] = {r.version: r for r in (
-    Release("2.1.10", "v2", "members", False, "stored", GIT_MULTIPART),  # json columns; totals recomputed
-    Release("2.3.26", "v2", "leader", True, "left out", GIT_MULTIPART),  # jsonb; leader-only team totals
-    Release("2.9.0", "v2", "members", True, "unstored"),  # details by model role; members added again
-    Release("3.0.11", "v3", "members", True, "unstored"),  # agno_runs: a row per run
-    Release("3.1.10", "v3", "members", True, "unstored", installed=True),  # the project's own agno
+    # json columns, foreground runs only, a failed run raises; team totals recomputed from every run
+    Release("2.1.10", "v2", "members", False, "not added", "json", GIT_MULTIPART),
+    # jsonb, ERROR runs stored; a team run adds its own metrics only to the session totals
+    Release("2.3.26", "v2", "leader", True, "not added", extras=GIT_MULTIPART),
+    # background runs, metrics.details by model role, tool timings; a team run adds its members' again
+    Release("2.9.0", "v2", "members", True, "unstored"),
+    # the runs table: a row per run
+    Release("3.0.11", "v3", "members", True, "unstored", None),
+    Release("3.1.10", "v3", "members", True, "unstored", None, installed=True),
 )}
 AGNO2_VERSION = "2.9.0"
 AGNO2_REQUIREMENTS = RELEASES[AGNO2_VERSION].requirements
@@ -261,7 +266,7 @@ def agno2_python() -> str:
 
 def write_agno2(python: str, db_url: str, llm_url: str, scenario: str = "basic", *, n: int = 30,
                 concurrency: int = 8, timeout: float = 180, schema: str = "ai",
-                session_table: str | None = None) -> dict[str, Any]:
+                session_table: str | None = None, session_id: str | None = None) -> dict[str, Any]:
     """Run real agno (``agno2_writer.py``, with the release's ``python``) against ``db_url``; return what
     that release reports.
 
@@ -269,7 +274,8 @@ def write_agno2(python: str, db_url: str, llm_url: str, scenario: str = "basic",
     """
     cmd = [python, "-I", str(WRITER), "--db-url", sqlalchemy_url(db_url), "--llm-url", llm_url,
            "--scenario", scenario, "--n", str(n), "--concurrency", str(concurrency), "--schema", schema,
-           *(["--session-table", session_table] if session_table else [])]
+           *(["--session-table", session_table] if session_table else []),
+           *(["--session-id", session_id] if session_id else [])]
     # -I: no PYTHONPATH, no user site, no script directory: the project's `exporter` is out of reach.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)

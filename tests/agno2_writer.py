@@ -1,7 +1,7 @@
 """Write real agno data with whichever agno release runs it (2.1 to 3.1; see agno2_support.py).
 
     python agno2_writer.py --db-url postgresql+psycopg://... --llm-url http://127.0.0.1:PORT/v1 \
-        --scenario basic|matrix|concurrent|many|stuck|prepare [--n 50] [--concurrency 8]
+        --scenario basic|matrix|continue|concurrent|many|stuck|prepare [--n 50] [--concurrency 8]
 
 It imports agno only (never the project's ``exporter`` package), runs real agents and teams on
 ``PostgresDb`` against the simulated OpenAI-compatible model and prints ONE JSON document on stdout:
@@ -30,6 +30,8 @@ Scenarios:
          instead of storing it) an entry of "unstored".
   matrix basic, plus a third run of alice's session, two team runs of one session one after
          another, and a team whose member is a team.
+  continue  one more run of the matrix scenario's two-run team session (--session-id), e.g. written
+         by a later release than the first two.
   concurrent  --n team runs of ONE session started together (agno's read-modify-write of the session
          row can lose updates: the trap in the agno reference notes). Once agno is done, every run is
          read back: the finished ones are "runs", the others (agno 2.x rewrites the whole runs blob
@@ -266,6 +268,14 @@ async def scenario_basic(app: App, matrix: bool = False) -> None:
             await app.record_members("error", broken, sid)
 
 
+async def scenario_continue(app: App, session_id: str) -> None:
+    """One more run of FinanceTeamTwice's session (the matrix scenario's), e.g. after an upgrade of agno."""
+    team = app.team("FinanceTeamTwice")
+    before = await _call(app.reader(team), "get_session", session_id=session_id)
+    app.seen.update(r.run_id for r in (before.runs if before else None) or [])  # reported by their writer
+    await app.run("continue", team, "And GOOG?", session_id=session_id)
+
+
 async def scenario_concurrent(app: App, n: int) -> None:
     """n team runs of one session at once; read back once agno has finished all of them."""
     team = app.team("ConcurrentTeam")
@@ -327,11 +337,13 @@ async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--db-url", required=True, help="SQLAlchemy URL, postgresql+psycopg://...")
     p.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:PORT/v1")
-    p.add_argument("--scenario", choices=["prepare", "basic", "matrix", "concurrent", "many", "stuck"], default="basic")
+    p.add_argument("--scenario", default="basic",
+                   choices=["prepare", "basic", "matrix", "continue", "concurrent", "many", "stuck"])
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--schema", default="ai")
     p.add_argument("--session-table", default=None, help="agno's session_table (default agno_sessions)")
+    p.add_argument("--session-id", default=None, help="the session the continue scenario runs in")
     args = p.parse_args()
     # agno logs to stdout through rich: send fd 1 to stderr and keep the real stdout for the JSON result.
     result_out = os.fdopen(os.dup(1), "w")
@@ -343,6 +355,8 @@ async def main() -> int:
             app.db._get_table(table_type="sessions", create_table_if_not_found=True)
         elif args.scenario in ("basic", "matrix"):
             await scenario_basic(app, matrix=args.scenario == "matrix")
+        elif args.scenario == "continue":
+            await scenario_continue(app, args.session_id)
         elif args.scenario == "concurrent":
             await scenario_concurrent(app, args.n)
         elif args.scenario == "many":
