@@ -46,6 +46,8 @@ from .state import PostgresState, StateNotWritable
 
 log = logging.getLogger("agno_exporter.collector")
 
+MAX_RULE_CHECKS = 100  # sessions whose runs are read per poll to check their totals run by run
+
 
 @dataclass(frozen=True)
 class CollectorOptions:
@@ -358,10 +360,15 @@ class RunCollector:
                     " of the session rewrote its runs from an older copy)")
             else:
                 by_rules[stored.session_id] = stored
+        # Each is a read of the session's runs: a backfill of an agno 2.3 database (every team session
+        # here) must not hold up the poll, so the rest wait for the next polls.
+        later = set(list(by_rules)[MAX_RULE_CHECKS:])
         if by_rules:
-            await self._check_by_rules(by_rules, ours, disagreeing)
+            await self._check_by_rules({sid: by_rules[sid] for sid in list(by_rules)[:MAX_RULE_CHECKS]}, ours,
+                                       disagreeing)
         for sid in due:
-            self._session_checks.pop(sid, None)
+            if sid not in later:
+                self._session_checks.pop(sid, None)
         if not disagreeing:
             return
         staged_box: list[Any] = []
