@@ -39,7 +39,17 @@ from .ids import trace_id_hex
 from .leader import Leadership
 from .prices import PriceTable
 from .readers import AgnoSource, Reader
-from .records import BadRow, RunRecord, build_row_runs, build_session_record, row_run_id
+from .records import (
+    BadRow,
+    RunRecord,
+    SessionRecord,
+    SessionRun,
+    build_row_runs,
+    build_session_record,
+    build_session_run,
+    row_run_id,
+    session_claim_tokens,
+)
 from .series import Observation, SeriesRow, SeriesStore
 from .source import Candidate, Page, Snapshot
 from .state import PostgresState, StateNotWritable
@@ -54,6 +64,7 @@ BACKFILL_LOG_EVERY = 10.0  # seconds between backfill progress lines
 # value. Anything else (OperationalError: the database is down) retries the whole page.
 ROW_FAULTS: tuple[type[Exception], ...] = (psycopg.DataError, UnicodeEncodeError)
 STATE_REJECTED = "state_rejected"  # the rows_skipped reason of a run the state refused
+MAX_RULE_CHECKS = 100  # sessions whose runs are read per poll to check their totals run by run
 
 
 @dataclass(frozen=True)
@@ -492,10 +503,17 @@ class RunCollector:
                         result.anomalous_runs, kinds, "; ".join(result.anomaly_examples))
 
     async def _check_sessions(self, now: float) -> None:
-        """Compare agno's stored session totals with the sum of the session's runs (agno can lose updates).
+        """Compare agno's stored session totals with the session's runs (agno can lose updates).
 
         A session is compared once all its runs are finished and counted, and a settle time after
-        its last run was counted. Each disagreeing session is counted once; a poll logs one summary
+        its last run was counted. Its totals should equal what its runs add up to by agno's own
+        conventions: a workflow session sums its runs' ``metrics.steps`` (RunRecord.session_tokens,
+        kept per session in the state), and agno 2.3.5-2.5.3 add only a team run's own metrics, not
+        its member runs' (see records.TEAM_TOTALS, the README's agno release table). Only a session
+        whose totals differ from the state's sum has its runs read, to apply the release rules run by
+        run (a session may have been saved by several releases). A session whose stored runs are
+        fewer than the runs counted (agno 2.x rewrote its runs blob from an older copy and dropped
+        finished runs) disagrees. Each disagreeing session is counted once; a poll logs one summary
         line (each session at DEBUG).
         """
         due = [sid for sid, t in self._session_checks.items() if now - t >= self.opts.session_settle]
@@ -504,8 +522,9 @@ class RunCollector:
         counts = await self.source.session_run_counts(due)
         ours = await self.state.sessions_by_id(due)
         complete = [sid for sid in due
-                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] == ours[sid]["runs"]]
-        disagreeing: dict[str, tuple[int, int]] = {}
+                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] <= ours[sid]["runs"]]
+        disagreeing: dict[str, str] = {}  # session id -> what is wrong, for the log
+        by_rules: dict[str, SessionRecord] = {}  # sessions to compare run by run
         for row in await self.source.sessions(complete):
             try:
                 stored = build_session_record(row)
@@ -513,14 +532,28 @@ class RunCollector:
                 log.warning("session %s: unreadable session_metrics: %s", row.get("session_id"), exc)
                 continue
             mine = ours[stored.session_id]
-            claimed = stored.totals["input"] + stored.totals["output"]
             # agno's own convention where known (a workflow session sums its runs' metrics.steps);
             # sessions counted before the state kept it compare with the sum of the runs' tokens
-            expected = int(mine["tokens"] if mine["agno_tokens"] is None else mine["agno_tokens"])
-            if claimed != expected and not mine["disagreement"]:
-                disagreeing[stored.session_id] = (claimed, expected)
+            summed = int(mine["tokens"] if mine["agno_tokens"] is None else mine["agno_tokens"])
+            if mine["disagreement"] or stored.claimed_tokens == summed:
+                continue
+            dropped = int(mine["runs"]) - counts[stored.session_id][0]
+            if dropped > 0:
+                disagreeing[stored.session_id] = (
+                    f"agno's stored session_metrics claim {stored.claimed_tokens} tokens, the runs counted sum to"
+                    f" {summed}; agno no longer holds {dropped} of those finished runs (agno 2.x: a concurrent save"
+                    " of the session rewrote its runs from an older copy)")
+            else:
+                by_rules[stored.session_id] = stored
+        # Each is a read of the session's runs: a backfill of an agno 2.3 database (every team session
+        # here) must not hold up the poll, so the rest wait for the next polls.
+        later = set(list(by_rules)[MAX_RULE_CHECKS:])
+        if by_rules:
+            await self._check_by_rules({sid: by_rules[sid] for sid in list(by_rules)[:MAX_RULE_CHECKS]}, ours,
+                                       disagreeing)
         for sid in due:
-            self._session_checks.pop(sid, None)
+            if sid not in later:
+                self._session_checks.pop(sid, None)
         if not disagreeing:
             return
         staged_box: list[Any] = []
@@ -533,14 +566,37 @@ class RunCollector:
 
         await self.state.flag_disagreements(list(disagreeing), compute)
         staged_box[-1].apply()
-        for sid, (claimed, summed) in disagreeing.items():
-            log.debug("session %s: agno's stored session_metrics claim %d tokens, its runs sum to %d by agno's"
-                      " own rules", sid, claimed, summed)
-        examples = "; ".join(f"{sid} (stored {claimed}, runs {summed})"
-                             for sid, (claimed, summed) in list(disagreeing.items())[:EXAMPLES])
-        log.warning("%d sessions whose stored session_metrics disagree with the sum of their runs (exported"
-                    " totals come from the runs), e.g. %s; each is logged at DEBUG and shown by `agno-exporter"
-                    " sessions show ID`", len(disagreeing), examples)
+        for sid, why in disagreeing.items():
+            log.debug("session %s: %s", sid, why)
+        examples = "; ".join(f"{sid} ({why})" for sid, why in list(disagreeing.items())[:EXAMPLES])
+        log.warning("%d sessions whose stored session_metrics disagree with their runs (exported totals come from"
+                    " the runs), e.g. %s; each is logged at DEBUG and shown by `agno-exporter sessions show ID`",
+                    len(disagreeing), examples)
+
+    async def _check_by_rules(self, stored: dict[str, SessionRecord], ours: dict[str, dict[str, Any]],
+                              disagreeing: dict[str, str]) -> None:
+        """What each session's totals should claim by the rules of the releases that saved its runs."""
+        for sid, record in stored.items():
+            runs: dict[str, SessionRun] = {}
+            try:
+                for row in await self.source.session_runs(sid):  # one run once, whichever table holds it
+                    run = build_session_run(row, row.get("run_data"))
+                    if run.final:
+                        runs[run.run_id] = run
+            except BadRow as exc:  # the run itself is counted as skipped where it is read
+                log.warning("session %s: a run is unreadable, the session is not compared: %s", sid, exc)
+                continue
+            expected = session_claim_tokens(list(runs.values()))
+            if record.claimed_tokens == expected:
+                log.debug("session %s: agno's stored totals leave out member runs, as the agno release that"
+                          " saved them does (%d tokens of %d)", sid, expected, ours[sid]["tokens"])
+                continue
+            summed = int(ours[sid]["tokens"])
+            rule = "" if expected == summed else f" (by the rules of the agno release that saved them: {expected})"
+            cause = ("lost updates: runs of the session ran concurrently" if record.claimed_tokens < expected else
+                     "tokens of runs agno did not store, e.g. the members of a team inside a team")
+            disagreeing[sid] = (f"agno's stored session_metrics claim {record.claimed_tokens} tokens, its runs sum"
+                                f" to {summed}{rule}; likely {cause}")
 
     # --- the loop ------------------------------------------------------------------------------
 

@@ -24,10 +24,13 @@ from .records import (
     AGNO_TOKEN_FIELDS,
     BadRow,
     RunRecord,
+    SessionRun,
     StoredMetrics,
     build_row_runs,
     build_run_record,
     build_session_record,
+    build_session_run,
+    counted_in_session_totals,
     run_stored_metrics,
     session_stored_metrics,
 )
@@ -215,12 +218,17 @@ async def show_session(settings: Settings, session_id: str, out: TextIO, err: Te
         print(f"session {session_id!r} is malformed: {exc}", file=err)
         return 1
     runs: list[_Run] = []
+    session_runs: list[SessionRun] = []
     malformed: list[str] = []
     for row in run_rows:
         try:
             runs.append(_Run(build_run_record(row, row.get("run_data")), run_stored_metrics(row.get("run_data"))))
+            session_runs.append(build_session_run(row, row.get("run_data")))
         except BadRow as exc:
             malformed.append(f"{row.get('run_id') or '?'}: {exc}")
+    # agno 2.3.5-2.5.3 leave a team run's member runs out of the session totals (records.TEAM_TOTALS)
+    finished = [r for r in session_runs if r.final]
+    left_out = {r.run_id for r in finished} - {r.run_id for r in counted_in_session_totals(finished)}
 
     print(f"Session {s.session_id}: {s.session_type} {s.name!r}, {len(runs)} run(s)", file=out)
     if runs:
@@ -233,9 +241,9 @@ async def show_session(settings: Settings, session_id: str, out: TextIO, err: Te
     for line in malformed:
         print(f"  malformed run, left out of the sum: {line}", file=out)
 
-    summed, summed_cost = _sum(r.metrics for r in runs)
+    summed, summed_cost = _sum(r.metrics for r in runs if r.record.run_id not in left_out)
     fields = [f for f in AGNO_TOKEN_FIELDS if f in ALWAYS or summed[f] or stored.tokens[f]]
-    table = [["", "sum of its runs", "agno's session_metrics", ""]]
+    table = [["", "sum of the runs it counts" if left_out else "sum of its runs", "agno's session_metrics", ""]]
     differ: list[str] = []
     for f in fields:
         mark = "differs" if summed[f] != stored.tokens[f] else ""
@@ -252,10 +260,14 @@ async def show_session(settings: Settings, session_id: str, out: TextIO, err: Te
     print(file=out)
     _table(table, out, [False, True, True, False])
     print(file=out)
+    if left_out:
+        print(f"agno 2.3.5-2.5.3 add only a team run's own metrics to a team session's totals: {len(left_out)} "
+              "member run(s) are left out of the sum above (the exporter counts every run).", file=out)
     if differ:
         print(f"agno's stored session totals disagree with the sum of the session's runs ({', '.join(differ)}): "
               "agno loses updates of a session's totals when its runs finish concurrently; the exporter "
               "counts the runs.", file=out)
     else:
-        print("agno's stored session totals agree with the sum of the session's runs.", file=out)
+        summed_what = "runs they count" if left_out else "session's runs"
+        print(f"agno's stored session totals agree with the sum of the {summed_what}.", file=out)
     return 0

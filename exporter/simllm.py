@@ -81,8 +81,10 @@ ARGUMENT_PIECE_CHARS: Final = 4
 _DIRECTIVE_RE: Final = re.compile(r"\[sim:([a-z_]+)=([^\]\s]+)\]", re.IGNORECASE)
 _TICKER_RE: Final = re.compile(r"\b[A-Z]{2,5}(?:\.[A-Z])?\b")
 _NOT_TICKERS: Final = frozenset({"AI", "API", "CEO", "JSON", "LLM", "OK", "SQL", "TTFT", "USD"})
-# How agno's team leader prompt lists its members (agno/team/_messages.py).
+# How agno's team leader prompt lists its members: agno 2.5 and later (agno/team/_messages.py), and
+# agno 2.1-2.4 (Team.get_members_system_message_content: " - Agent 1:\n   - ID: x\n   - Name: X").
 _MEMBER_RE: Final = re.compile(r'<member id="([^"]+)" name="([^"]*)"')
+_MEMBER_RE_2_1: Final = re.compile(r"^\s*- ID: (\S+)\n(?:\s*- Name: ([^\n]*))?", re.MULTILINE)
 _FREE_TEXT_NAMES: Final = frozenset(
     {"task", "query", "question", "prompt", "input", "request", "message", "text", "instructions", "topic"}
 )
@@ -406,7 +408,8 @@ def _plan(body: Mapping[str, Any], settings: SimSettings) -> _Plan:
         for m in messages
         if isinstance(m, Mapping) and m.get("role") in {"system", "developer"}
     )
-    ctx = _Context(user_text=user_text, members=tuple(_MEMBER_RE.findall(system_text)))
+    members = _MEMBER_RE.findall(system_text) or _MEMBER_RE_2_1.findall(system_text)
+    ctx = _Context(user_text=user_text, members=tuple(members))
     tool_result = _tool_result_summary(messages, user_index)
 
     tool_call: _ToolCall | None = None

@@ -1,39 +1,55 @@
-"""Write real agno 2.x data: run with the agno 2.9 virtualenv's python (see agno2_support.py).
+"""Write real agno data with whichever agno release runs it (2.1 to 3.1; see agno2_support.py).
 
     python agno2_writer.py --db-url postgresql+psycopg://... --llm-url http://127.0.0.1:PORT/v1 \
-        --scenario basic|many|stuck|workflow [--n 50] [--concurrency 8]
+        --scenario basic|matrix|continue|concurrent|many|stuck|prepare|workflow [--n 50] [--concurrency 8]
 
-It imports agno 2.x only (never the project's ``exporter`` package), runs real agents and teams on
+It imports agno only (never the project's ``exporter`` package), runs real agents and teams on
 ``PostgresDb`` against the simulated OpenAI-compatible model and prints ONE JSON document on stdout:
 
-    {"agno_version": "2.9.0",
+    {"agno_version": "2.9.0", "background": true,
      "runs": [{"label", "run_id", "session_id", "parent_run_id", "status", "kind" (agent|team|member),
-               "agent_id", "agent_name", "team_id", "team_name", "model", "metrics": {...}}, ...],
-     "sessions": [{"session_id", "session_type", "owner" (agent/team name), "metrics": {...}}, ...],
-     "snapshots": [...]}    # raw agno_sessions.runs statuses seen while a background run was in flight
+               "agent_id", "agent_name", "team_id", "team_name", "model", "metrics": {...}, "tools": [...],
+               "messages": [...], "nested_member_run_ids": [...]}, ...],
+     "sessions": [{"session_id", "session_type", "owner" (agent/team name), "metrics": {...}}, ...]}
 
-``metrics`` are agno's own numbers: ``aget_run_output(run_id, session_id).metrics.to_dict()`` and
-``aget_session_metrics(session_id).to_dict()``. Member runs of a team (agno 2.x keeps them inside the
-team run's ``member_responses``, and only when the team has ``store_member_responses=True``) are listed
-with kind "member" and the metrics agno stored for them.
+Every figure is agno's own, read back through agno's API by a FRESH Agent/Team object (so nothing
+comes from the writing object's in-memory session): ``get_run_output(run_id, session_id).metrics``
+and ``get_session_metrics(session_id)``. Member runs
+of a team are whatever agno stored in the team session besides the team run (read back the same way,
+kind "member").
+
+The writer works on every release from 2.1 on by asking agno what it has, never by version numbers:
+``arun(background=True)`` where ``arun`` takes ``background`` (agno 2.5 and later), otherwise the
+run is awaited in the foreground (persisted the same way, at its end).
 
 Scenarios:
-  basic  agent with a tool call (background), streamed run (foreground: agno 2.9's background+stream
-         needs AgentOS), two runs of one session one after another (background, user "alice"), a team
-         delegating to a member (background, user "bob", default ``store_member_responses=False``), the same with
-         ``store_member_responses=True``, and an ERROR run (model endpoint unreachable, background).
-  many   --n background runs of one agent, ``runs_per_session`` after another in each session, sessions
-         in parallel (--concurrency).
+  basic  agent with a tool call, streamed run (foreground), two runs of one session one after
+         another (user "alice"), a team delegating to a member (user "bob", default
+         ``store_member_responses=False``), the same with ``store_member_responses=True``, and a run
+         whose model endpoint is unreachable: an ERROR run, or (agno before 2.3.14, which raises
+         instead of storing it) an entry of "unstored".
+  matrix basic, plus a third run of alice's session, two team runs of one session one after
+         another, and a team whose member is a team.
+  continue  one more run of the matrix scenario's two-run team session (--session-id), e.g. written
+         by a later release than the first two.
+  concurrent  --n team runs of ONE session started together (agno's read-modify-write of the session
+         row can lose updates: the trap in the agno reference notes). Once agno is done, every run is
+         read back: the finished ones are "runs", the others (agno 2.x rewrites the whole runs blob
+         on every save, so a concurrent save can drop a run or leave it RUNNING) are "lost", with the
+         status agno still shows for them (null: gone).
+  many   --n runs of one agent, ``runs_per_session`` after another in each session, sessions in
+         parallel (--concurrency).
   prepare  no run: agno creates its (empty) sessions table, e.g. for a test to put a trigger on it.
-  workflow  a workflow with agent, team, Parallel and Loop steps (its step runs nested in its run).
+  workflow  a workflow with agent, team, Parallel and Loop steps (its step runs nested in its run; 2.9).
   stuck  one background run whose model call stalls; the process exits hard (os._exit) once agno has
-         stored it as RUNNING, so the blob keeps a run that never finishes (agno 2.x has no recovery).
+         stored it as RUNNING, so the stored run never finishes (agno 2.x has no recovery).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import sys
@@ -45,15 +61,15 @@ from typing import Any
 from agno.agent import Agent
 from agno.db.postgres import PostgresDb
 from agno.models.openai import OpenAIChat
-from agno.run.base import RunStatus
 from agno.team import Team
 
-DONE = {RunStatus.completed, RunStatus.error, RunStatus.cancelled}
+DONE = {"COMPLETED", "ERROR", "CANCELLED"}
 # How long to wait for agno to store a run (generous: a loaded machine is only slower). This script
-# runs in agno 2.9's virtualenv and imports nothing of the tests' (support.DEADLINE is the same).
+# runs in an older agno's virtualenv and imports nothing of the tests' (support.DEADLINE is the same).
 DEADLINE = 60.0
 PROMPT = "What is the stock price of AAPL?"
 UNREACHABLE = "http://127.0.0.1:9/v1"  # discard port: connection refused
+BACKGROUND = "background" in inspect.signature(Agent.arun).parameters
 
 
 def get_stock_price(symbol: str) -> str:
@@ -67,6 +83,17 @@ def _dict(value: Any) -> Any:
     return value.to_dict() if hasattr(value, "to_dict") else value
 
 
+def _status(out: Any) -> str | None:
+    status = getattr(out, "status", None)
+    return status.value if hasattr(status, "value") else status
+
+
+async def _call(obj: Any, name: str, **kw: Any) -> Any:
+    """agno's sync accessor, in a thread: every release has it (agno 2.1 has no async ones, and up to
+    2.4 the async ones need an AsyncPostgresDb), and the loop keeps running agno's background runs."""
+    return await asyncio.to_thread(getattr(obj, name), **kw)
+
+
 class App:
     def __init__(self, db_url: str, llm_url: str, schema: str = "ai", session_table: str | None = None) -> None:
         self.db = PostgresDb(db_url=db_url, db_schema=schema, session_table=session_table)
@@ -75,6 +102,8 @@ class App:
         self.runs: list[dict[str, Any]] = []
         self.seen: set[str] = set()
         self.owners: dict[str, Any] = {}  # session_id -> the agent/team/workflow that owns it
+        self.unstored: list[dict[str, Any]] = []  # runs that failed without agno storing them
+        self.lost: list[dict[str, Any]] = []  # started runs agno does not show as finished
 
     def model(self, base_url: str | None = None) -> OpenAIChat:
         m = OpenAIChat(id="gpt-4o-mini", base_url=base_url or self.llm_url, api_key="sim", max_retries=0)
@@ -90,39 +119,67 @@ class App:
         return Team(name=name, model=self.model(), members=[member], db=self.db, telemetry=False,
                     store_member_responses=store_member_responses)
 
-    async def wait(self, runner: Agent | Team, run_id: str, session_id: str, timeout: float = DEADLINE) -> Any:
+    def nested_team(self, name: str) -> Team:
+        """A team whose member is a team (agno sums nested member runs recursively from 2.5.4 on)."""
+        inner = self.team("ResearchTeam")
+        return Team(name=name, model=self.model(), members=[inner], db=self.db, telemetry=False)
+
+    def reader(self, owner: Agent | Team) -> Agent | Team:
+        """A fresh object of the same agent/team: what it reads comes from the database, not from the
+        writing object's cached session (agno 2.1 answers get_run_output from that cache)."""
+        if isinstance(owner, Team):
+            return Team(id=owner.id, name=owner.name, members=[], db=self.db, telemetry=False)
+        return Agent(id=owner.id, name=owner.name, db=self.db, telemetry=False)
+
+    async def read_run(self, owner: Agent | Team, run_id: str, session_id: str) -> Any:
+        return await _call(self.reader(owner), "get_run_output", run_id=run_id, session_id=session_id)
+
+    async def wait(self, owner: Agent | Team, run_id: str, session_id: str, timeout: float = DEADLINE) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = await runner.aget_run_output(run_id=run_id, session_id=session_id)
-            if out is not None and out.status in DONE:
+            out = await self.read_run(owner, run_id, session_id)
+            if out is not None and _status(out) in DONE:
                 return out
             await asyncio.sleep(0.05)
         raise RuntimeError(f"run {run_id} did not finish within {timeout}s")
 
-    async def run(self, label: str, runner: Agent | Team, prompt: str = PROMPT, stream: bool = False,
-                  session_id: str | None = None, user_id: str | None = None) -> Any:
-        """One run as the seed does it: arun(background=True), then poll aget_run_output until final."""
+    async def start(self, runner: Agent | Team, prompt: str = PROMPT, stream: bool = False,
+                    session_id: str | None = None, user_id: str | None = None) -> tuple[str, str]:
+        """Fire one run as the seed does (background where agno has it); return (run id, session id)."""
         if stream:
-            last: Any = None
+            # agno's background=True with stream=True needs AgentOS; a streamed run in the foreground is
+            # persisted by agno exactly the same way.
+            run_id = sid = None
             async for event in runner.arun(prompt, stream=True, session_id=session_id,  # type: ignore[union-attr]
-                                           user_id=user_id, yield_run_output=True):
-                last = event
-            run_id, sid = last.run_id, last.session_id
-        else:
+                                           user_id=user_id):
+                run_id = getattr(event, "run_id", None) or run_id
+                sid = getattr(event, "session_id", None) or sid
+            assert run_id and sid, "the stream carried no run id"
+            return run_id, sid
+        if BACKGROUND:
             pending = await runner.arun(prompt, background=True, session_id=session_id,  # type: ignore[union-attr]
                                         user_id=user_id)
-            run_id, sid = pending.run_id, pending.session_id
+        else:
+            pending = await runner.arun(prompt, session_id=session_id, user_id=user_id)  # type: ignore[union-attr]
+        return pending.run_id, pending.session_id
+
+    async def run(self, label: str, runner: Agent | Team, prompt: str = PROMPT, stream: bool = False,
+                  session_id: str | None = None, user_id: str | None = None) -> Any:
+        run_id, sid = await self.start(runner, prompt, stream, session_id, user_id)
         out = await self.wait(runner, run_id, sid)
         self.owners[sid] = runner
         self.record(label, out)
-        # Runs agno stored in the same session besides this one: a team's member runs (own elements of the
-        # team session's `runs` array, with parent_run_id). Read back through agno's own API.
-        session = await runner.aget_session(session_id=sid)
-        for stored in (session.runs if session else None) or []:
-            if stored.run_id not in self.seen:
-                member = await runner.aget_run_output(run_id=stored.run_id, session_id=sid)
-                self.record(label + ":member", member, kind="member")
+        await self.record_members(label, runner, sid)
         return out
+
+    async def record_members(self, label: str, owner: Agent | Team, sid: str) -> None:
+        """Runs agno stored in the session besides those recorded: a team's member runs (elements of
+        the team session's runs with parent_run_id in 2.x, rows of agno_runs in 3.x)."""
+        session = await _call(self.reader(owner), "get_session", session_id=sid)
+        for stored in (session.runs if session else None) or []:
+            if stored.run_id not in self.seen and _status(stored) in DONE:
+                member = await self.read_run(owner, stored.run_id, sid)
+                self.record(label + ":member", member, kind="member")
 
     def record(self, label: str, out: Any, kind: str | None = None) -> None:
         self.seen.add(out.run_id)
@@ -135,7 +192,7 @@ class App:
             "session_id": out.session_id,
             "user_id": getattr(out, "user_id", None),
             "parent_run_id": getattr(out, "parent_run_id", None),
-            "status": out.status.value if hasattr(out.status, "value") else out.status,
+            "status": _status(out),
             "agent_id": getattr(out, "agent_id", None),
             "agent_name": getattr(out, "agent_name", None),
             "team_id": getattr(out, "team_id", None),
@@ -157,7 +214,7 @@ class App:
     async def sessions(self) -> list[dict[str, Any]]:
         result = []
         for sid, owner in self.owners.items():
-            metrics = await owner.aget_session_metrics(session_id=sid)
+            metrics = await _call(self.reader(owner), "get_session_metrics", session_id=sid)
             result.append({
                 "session_id": sid,
                 "session_type": "team" if isinstance(owner, Team) else
@@ -167,13 +224,17 @@ class App:
             })
         return result
 
-    async def close(self) -> None:
-        from agno.agent import _run as agent_run
-        from agno.team import _run as team_run
+    async def settle(self, timeout: float = DEADLINE) -> None:
+        """Wait for whatever agno still runs in the background (its task sets moved between releases)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if not pending:
+                return
+            await asyncio.wait(pending, timeout=deadline - time.monotonic())
 
-        pending = [t for mod in (agent_run, team_run) for t in getattr(mod, "_background_tasks", ())]
-        if pending:
-            await asyncio.wait(pending, timeout=DEADLINE)
+    async def close(self) -> None:
+        await self.settle(DEADLINE)
         # agno keeps one openai client per model and never closes it.
         for m in self._models:
             for attr in ("async_client", "client"):
@@ -185,7 +246,7 @@ class App:
         self.db.db_engine.dispose()
 
 
-async def scenario_basic(app: App) -> None:
+async def scenario_basic(app: App, matrix: bool = False) -> None:
     agent = app.agent("BackgroundMetricsAgent")
     plain = app.agent("PlainAgent", tools=False)
     team = app.team("FinanceTeam")
@@ -195,9 +256,64 @@ async def scenario_basic(app: App) -> None:
     await app.run("stream", agent, stream=True)
     first = await app.run("session-1", plain, user_id="alice")
     await app.run("session-2", plain, "And tomorrow?", session_id=first.session_id, user_id="alice")
+    if matrix:
+        await app.run("session-3", plain, "And next week?", session_id=first.session_id, user_id="alice")
     await app.run("team", team, user_id="bob")
     await app.run("team-stored", team_stored)
-    await app.run("error", broken)
+    if matrix:
+        again = app.team("FinanceTeamTwice")
+        one = await app.run("team-session-1", again)
+        await app.run("team-session-2", again, "And MSFT?", session_id=one.session_id)
+        await app.run("team-nested", app.nested_team("HoldingTeam"))
+    sid = str(uuid.uuid4())
+    try:
+        await app.run("error", broken, session_id=sid)
+    except Exception as exc:  # agno before 2.3.14 raises to the caller and stores no ERROR run
+        app.unstored.append({"label": "error", "session_id": sid, "error": type(exc).__name__})
+        if await _call(app.reader(broken), "get_session", session_id=sid) is not None:
+            app.owners[sid] = broken
+            await app.record_members("error", broken, sid)
+
+
+async def scenario_continue(app: App, session_id: str) -> None:
+    """One more run of FinanceTeamTwice's session (the matrix scenario's), e.g. after an upgrade of agno."""
+    team = app.team("FinanceTeamTwice")
+    before = await _call(app.reader(team), "get_session", session_id=session_id)
+    app.seen.update(r.run_id for r in (before.runs if before else None) or [])  # reported by their writer
+    await app.run("continue", team, "And GOOG?", session_id=session_id)
+
+
+async def scenario_concurrent(app: App, n: int) -> None:
+    """n team runs of one session at once; read back once agno has finished all of them."""
+    team = app.team("ConcurrentTeam")
+    sid = str(uuid.uuid4())
+    started = await asyncio.gather(*(app.start(team, f"Price of AAPL? ({i})", session_id=sid) for i in range(n)))
+    await app.settle()
+    app.owners[sid] = team
+    for i, (run_id, s) in enumerate(started):
+        out = await app.read_run(team, run_id, s)
+        if out is not None and _status(out) in DONE:
+            app.record(f"concurrent-{i}", out)
+        else:
+            app.lost.append({"label": f"concurrent-{i}", "run_id": run_id, "session_id": s,
+                             "status": _status(out) if out is not None else None})
+    await app.record_members("concurrent", team, sid)
+
+
+async def scenario_many(app: App, n: int, concurrency: int, runs_per_session: int = 3) -> None:
+    agent = app.agent("LoadAgent")
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one_session(k: int, count: int) -> None:
+        async with sem:
+            # An explicit session id: a shared agno 2.x Agent without one lets parallel first runs share and
+            # overwrite one session (runs then vanish from the blob and never read as finished).
+            sid = str(uuid.uuid4())
+            for i in range(count):
+                await app.run(f"many-{k}-{i}", agent, f"Price of AAPL? ({k}.{i})", session_id=sid)
+
+    counts = [runs_per_session] * (n // runs_per_session) + ([n % runs_per_session] if n % runs_per_session else [])
+    await asyncio.gather(*(one_session(k, c) for k, c in enumerate(counts)))
 
 
 async def scenario_workflow(app: App) -> None:
@@ -231,22 +347,6 @@ async def scenario_workflow(app: App) -> None:
     walk(back, "workflow")
 
 
-async def scenario_many(app: App, n: int, concurrency: int, runs_per_session: int = 3) -> None:
-    agent = app.agent("LoadAgent")
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one_session(k: int, count: int) -> None:
-        async with sem:
-            # An explicit session id: a shared agno 2.x Agent without one lets parallel first runs share and
-            # overwrite one session (runs then vanish from the blob and never read as finished).
-            sid = str(uuid.uuid4())
-            for i in range(count):
-                await app.run(f"many-{k}-{i}", agent, f"Price of AAPL? ({k}.{i})", session_id=sid)
-
-    counts = [runs_per_session] * (n // runs_per_session) + ([n % runs_per_session] if n % runs_per_session else [])
-    await asyncio.gather(*(one_session(k, c) for k, c in enumerate(counts)))
-
-
 async def scenario_stuck(app: App) -> None:
     """Leave a RUNNING run behind: its model call stalls and the process dies before it ends."""
     from sqlalchemy import text
@@ -276,31 +376,39 @@ async def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--db-url", required=True, help="SQLAlchemy URL, postgresql+psycopg://...")
     p.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:PORT/v1")
-    p.add_argument("--scenario", choices=["prepare", "basic", "many", "stuck", "workflow"], default="basic")
+    p.add_argument("--scenario", default="basic",
+                   choices=["prepare", "basic", "matrix", "continue", "concurrent", "many", "stuck", "workflow"])
     p.add_argument("--n", type=int, default=30)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--schema", default="ai")
     p.add_argument("--session-table", default=None, help="agno's session_table (default agno_sessions)")
+    p.add_argument("--session-id", default=None, help="the session the continue scenario runs in")
     args = p.parse_args()
     # agno logs to stdout through rich: send fd 1 to stderr and keep the real stdout for the JSON result.
     result_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     app = App(args.db_url, args.llm_url, args.schema, args.session_table)
+    head = {"agno_version": version("agno"), "background": BACKGROUND}
     try:
         if args.scenario == "prepare":  # only agno's own CREATE TABLE of agno_sessions (e.g. to add a trigger)
             app.db._get_table(table_type="sessions", create_table_if_not_found=True)
-        elif args.scenario == "basic":
-            await scenario_basic(app)
+        elif args.scenario in ("basic", "matrix"):
+            await scenario_basic(app, matrix=args.scenario == "matrix")
+        elif args.scenario == "continue":
+            await scenario_continue(app, args.session_id)
+        elif args.scenario == "concurrent":
+            await scenario_concurrent(app, args.n)
         elif args.scenario == "many":
             await scenario_many(app, args.n, args.concurrency)
         elif args.scenario == "workflow":
             await scenario_workflow(app)
         else:
             await scenario_stuck(app)
-            result_out.write(json.dumps({"agno_version": version("agno"), "runs": app.runs, "sessions": []}) + "\n")
+            result_out.write(json.dumps({**head, "runs": app.runs, "sessions": []}) + "\n")
             result_out.flush()
             os._exit(0)  # as a crashed or killed app would: nothing ever finalises the run
-        result = {"agno_version": version("agno"), "runs": app.runs, "sessions": await app.sessions()}
+        result = {**head, "runs": app.runs, "sessions": await app.sessions(), "unstored": app.unstored,
+                  "lost": app.lost}
     finally:
         await app.close()
     json.dump(result, result_out)

@@ -32,3 +32,17 @@ def sessions_v3() -> list[dict[str, Any]]:
 def sessions_v2() -> list[dict[str, Any]]:
     """agno 2.9.0's ``ai.agno_sessions``: one session whose ``runs`` column holds one agent run."""
     return load("agno-2.9.0/agno_sessions.json")
+
+
+MATRIX_RELEASES = ("2.1.10", "2.3.26", "2.9.0", "3.1.10")
+
+
+def matrix_sessions(version: str) -> list[dict[str, Any]]:
+    """``ai.agno_sessions`` rows of one release's matrix scenario: PlainAgent (three runs), FinanceTeamTwice
+    (two team runs and their members), HoldingTeam (a team inside a team); 2.x rows hold their runs."""
+    return load(f"agno-{version}/matrix_sessions.json")
+
+
+def matrix_runs(version: str) -> list[dict[str, Any]]:
+    """``ai.agno_runs`` rows of those sessions (agno 3.x only)."""
+    return load(f"agno-{version}/matrix_runs.json")
