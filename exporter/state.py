@@ -504,10 +504,14 @@ class PostgresState:
                 (self.source, list(run_ids)),
             )
 
-    async def count_pending_traces(self) -> int:
+    async def count_pending_traces(self, ready_only: bool = False) -> int:
+        """Runs counted but not yet exported as spans. ``ready_only`` leaves out the runs waiting for
+        their parent to be counted (:meth:`pending_traces` holds them back, up to its ``hold``)."""
+        waiting = (" AND (r.parent_run_id IS NULL OR EXISTS (SELECT 1 FROM {s}.runs p WHERE p.source = r.source"
+                   " AND p.run_id = r.parent_run_id))") if ready_only else ""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                self._q("SELECT count(*) AS n FROM {s}.runs WHERE source = %s AND NOT traces_exported"),
+                self._q("SELECT count(*) AS n FROM {s}.runs r WHERE r.source = %s AND NOT r.traces_exported" + waiting),
                 (self.source,),
             )
             row = await cur.fetchone()
