@@ -1,8 +1,7 @@
 """Test support: a background event loop, and real Postgres databases for tests.
 
 Postgres is real in every test that touches data: ``DATABASE_URL`` when set, otherwise an
-embedded server from pip (pgserver; CPython 3.11/3.12 wheels only), so a fresh machine needs
-nothing else.
+embedded PostgreSQL 18 from pip (``exporter/embedded.py``), so a fresh machine needs nothing else.
 """
 
 from __future__ import annotations
@@ -69,8 +68,8 @@ class PgServer:
         if not url:
             from exporter.embedded import start_embedded
 
-            datadir = tempfile.mkdtemp(prefix="aepg-", dir="/tmp")
-            self._embedded = start_embedded(datadir)
+            # ephemeral: removed at stop(), and by the server's watchdog if this process is killed
+            self._embedded = start_embedded(tempfile.mkdtemp(prefix="aepg-"), ephemeral=True)
             url = self._embedded.url
         self.url = url
 
