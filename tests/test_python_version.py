@@ -1,15 +1,18 @@
-"""A Python older than requires-python gets one line from `agno-exporter`, not a traceback.
+"""Which Pythons are supported: pyproject.toml, the README and the Docker image say the same, and a Python
+older than requires-python gets one line from `agno-exporter`, not a traceback.
 
-pip refuses the install itself (requires-python); this covers what pip did not install: a source tree
-on PYTHONPATH, ``pip install --ignore-requires-python``. Runs with every older CPython 3 found on PATH
-or under pyenv; skipped where there is none.
+pip refuses the install itself (requires-python); the one-line test covers what pip did not install: a
+source tree on PYTHONPATH, ``pip install --ignore-requires-python``. It runs with the two newest CPythons
+older than 3.11 found on PATH or under pyenv; skipped where there is none.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,21 @@ def test_an_old_python_gets_one_line(python: str) -> None:
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
         f"agno-exporter needs CPython 3.11 or newer; this is Python {version} ({python})"]
+
+
+def test_requires_python_classifiers_readme_and_docker_image_agree() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floor = re.fullmatch(r">=3\.(\d+)", project["requires-python"])
+    assert floor, project["requires-python"]  # a floor, no cap (see the comment in pyproject.toml)
+    minors = sorted(int(m) for c in project["classifiers"]
+                    for m in re.findall(r"^Programming Language :: Python :: 3\.(\d+)$", c))
+    assert minors and minors[0] == int(floor.group(1)), minors
+    assert minors == list(range(minors[0], minors[-1] + 1)), minors  # no gap in what is claimed
+    supported = f"CPython 3.{minors[0]} to 3.{minors[-1]}"
+    readme = (ROOT / "README.md").read_text()
+    quick_start = " ".join(readme.split("## Quick start", 1)[1].split("\n## ", 1)[0].split())  # one line
+    assert f"On a fresh machine ({supported}," in quick_start
+    assert f"Supported Pythons: {supported}" in quick_start
+    image = re.findall(r"^FROM python:3\.(\d+)-slim$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert len(image) == 1 and int(image[0]) in minors, image
+    assert f"the Docker image is 3.{image[0]})" in quick_start
