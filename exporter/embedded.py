@@ -190,21 +190,26 @@ def _release(watchdog: subprocess.Popen[bytes], done: bool) -> None:
 
 def _alive(pid: int) -> bool:
     """The process exists and is not a zombie (an exited server whose parent, pg_ctl, is gone waits for
-    PID 1 to reap it; in a container PID 1 may never do so)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user (the package runs the server as its own user under root)
+    PID 1 to reap it; in a container PID 1 may never do so). psutil comes with the package; without it,
+    POSIX's kill(pid, 0) (on Windows os.kill would terminate the process: assume alive)."""
     try:
         import psutil
-
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except ImportError:
+        if os.name != "posix":
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # exists, owned by another user
         return True
-    except Exception:  # psutil.NoSuchProcess: gone meanwhile
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:
+        return True
 
 
 def _package_lock() -> Any:
