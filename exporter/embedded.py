@@ -66,9 +66,10 @@ class EmbeddedPostgres:
         self._stopped = True
         done = False
         try:
+            socket_dir = _socket_dir(self.datadir)
             self._server.cleanup()  # pg_ctl stop -w, unless another process still holds this server
             if self.ephemeral:
-                shutil.rmtree(self.datadir, ignore_errors=True)
+                _remove(self.datadir, socket_dir)
             done = True
         finally:
             _release(self._watchdog, done)
@@ -278,14 +279,32 @@ def _stop_server(path: Path) -> None:
             time.sleep(0.05)
 
 
+def _socket_dir(path: Path) -> Path | None:
+    """The server's socket directory: postmaster.pid's fifth line (LOCK_FILE_LINE_SOCKET_DIR)."""
+    with contextlib.suppress(OSError, IndexError):
+        line = (path / "postmaster.pid").read_text().splitlines()[4].strip()
+        return Path(line) if line else None
+    return None
+
+
+def _remove(path: Path, socket_dir: Path | None) -> None:
+    """Remove an ephemeral data directory, and the socket directory the package made for it elsewhere
+    (under its runtime directory, when the data directory's path was too long for a socket) if empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    if socket_dir is not None and not socket_dir.is_relative_to(path):
+        with contextlib.suppress(OSError):
+            socket_dir.rmdir()
+
+
 def _watch(path: Path, owner: int, ephemeral: bool) -> int:
     word = sys.stdin.buffer.read()  # returns at EOF: the owner closed the pipe, or died
     if word == RELEASED:
         return 0
     if _drop_owner(path, owner):
+        socket_dir = _socket_dir(path)
         _stop_server(path)
         if ephemeral:
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path, socket_dir)
     return 0
 
 

@@ -98,10 +98,13 @@ def test_a_killed_owner_leaves_no_server_and_no_ephemeral_directory(tmp_dir: Pat
     try:
         with psycopg.connect(url) as conn:  # a real server, and the one of this directory
             assert conn.execute("SHOW data_directory").fetchone() == (str(datadir),)
+            socket_dir = Path(conn.info.host)
+        assert not socket_dir.is_relative_to(datadir) and socket_dir.is_dir()
         pid = postmaster_pid(datadir)
         kill(owner)
         wait_for(lambda: not running(pid), f"the server (pid {pid}) stops after its owner is killed")
         wait_for(lambda: not datadir.exists(), f"{datadir} is removed after its owner is killed")
+        wait_for(lambda: not socket_dir.exists(), f"its socket directory {socket_dir} is removed too")
     finally:
         if owner.poll() is None:
             kill(owner)
