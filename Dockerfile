@@ -2,7 +2,9 @@
 #   docker build -t agno-exporter .
 #   docker run --rm -p 9477:9477 -e DATABASE_URL=postgresql://... agno-exporter collect
 # docker-compose.yml builds it and runs `agno-exporter run -c /etc/agno-exporter/config.yaml`.
-FROM python:3.12-slim
+# CPython 3.13: within the supported 3.11-3.14 (pyproject.toml's requires-python and classifiers), and the
+# newest CPython .ci/run runs today. A glibc (Debian) image: the embedded PostgreSQL's wheels are manylinux.
+FROM python:3.13-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -57,7 +57,7 @@ def setup_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log.level.upper())
     for noisy in ("httpx", "httpx2", "apscheduler.executors.default", "apscheduler.scheduler",
-                  "aiohttp.access", "pgserver"):
+                  "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

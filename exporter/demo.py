@@ -69,7 +69,7 @@ def demo_jobs(simulated: bool, flaky_url: str) -> list[dict[str, Any]]:
 def _quiet_logs() -> None:
     """Keep the terminal for the progress lines: the demo's errors are on purpose."""
     quiet_agno_logs(logging.CRITICAL + 1)
-    for name, level in (("pgserver", logging.WARNING), ("apscheduler", logging.WARNING),
+    for name, level in (("apscheduler", logging.WARNING),
                         ("httpx", logging.WARNING), ("httpx2", logging.WARNING), ("yfinance", logging.ERROR),
                         ("agno_exporter.collector", logging.WARNING)):
         logging.getLogger(name).setLevel(level)

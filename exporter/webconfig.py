@@ -82,6 +82,11 @@ def _tls_context(cfg: Any, src: str, base: Path) -> ssl.SSLContext:
         if not cfg.get(key):
             raise ConfigError(f"{src}: tls_server_config.{key}: required when TLS is configured")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # CPython 3.13's default context verifies X.509 strictly (RFC 5280: a CA certificate must carry keyUsage,
+    # a client certificate an authority key identifier); CPython <= 3.12 and exporter-toolkit (Go's
+    # crypto/x509) do not ask for them. Off, so the same client certificates work on every supported Python,
+    # as with Go exporters; the chain, signatures, validity and the CA flag are still verified.
+    ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
     version = str(cfg.get("min_version", "TLS12"))
     if version not in _VERSIONS:
         raise ConfigError(f"{src}: tls_server_config.min_version: one of {sorted(_VERSIONS)}")

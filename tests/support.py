@@ -1,8 +1,7 @@
 """Test support: a background event loop, and real Postgres databases for tests.
 
 Postgres is real in every test that touches data: ``DATABASE_URL`` when set, otherwise an
-embedded server from pip (pgserver; CPython 3.11/3.12 wheels only), so a fresh machine needs
-nothing else.
+embedded PostgreSQL 18 from pip (``exporter/embedded.py``), so a fresh machine needs nothing else.
 """
 
 from __future__ import annotations
@@ -95,13 +94,12 @@ class PgServer:
 
     def __init__(self) -> None:
         self._embedded: Any = None
-        self._datadir: str | None = None
         url = os.environ.get("DATABASE_URL")
         if not url:
             from exporter.embedded import start_embedded
 
-            self._datadir = tempfile.mkdtemp(prefix="aepg-", dir="/tmp")
-            self._embedded = start_embedded(self._datadir)
+            # ephemeral: removed at stop(), and by the server's watchdog if this process is killed
+            self._embedded = start_embedded(tempfile.mkdtemp(prefix="aepg-"), ephemeral=True)
             url = self._embedded.url
         self.url = url
 
@@ -118,9 +116,7 @@ class PgServer:
 
     def stop(self) -> None:
         if self._embedded is not None:
-            self._embedded.stop()  # stops the server; its data directory stays behind
-        if self._datadir is not None:
-            shutil.rmtree(self._datadir, ignore_errors=True)
+            self._embedded.stop()  # ephemeral: stops the server and removes its data directory
 
 
 def free_port() -> int:

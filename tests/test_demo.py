@@ -46,8 +46,7 @@ def scrape(port: int) -> Samples | None:
 @pytest.mark.slow
 def test_demo_shows_metrics_and_stops_on_sigterm() -> None:
     port = free_port()
-    # A short path: the embedded server's Unix socket lives in the data directory.
-    data_dir = tempfile.mkdtemp(prefix="aedemo-", dir="/tmp")
+    data_dir = tempfile.mkdtemp(prefix="aedemo-")
     env = {k: v for k, v in os.environ.items()
            if k not in ("OPENAI_API_KEY", "DATABASE_URL") and not k.startswith("AGNO_EXPORTER_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

@@ -1,11 +1,12 @@
 """A real PostgreSQL restart under a running exporter: it reports down, recovers by itself, exact totals.
 
-Uses a PostgreSQL of its own (embedded, pgserver) so restarting it disturbs no other test.
+Uses a PostgreSQL of its own (embedded) so restarting it disturbs no other test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import time
 
@@ -22,8 +23,8 @@ from exporter.embedded import start_embedded
 
 @pytest.mark.slow
 def test_exporter_survives_a_postgres_restart(sim_url: str) -> None:
-    datadir = tempfile.mkdtemp(prefix="aerst-", dir="/tmp")
-    pg = start_embedded(datadir)
+    datadir = tempfile.mkdtemp(prefix="aerst-")
+    pg = start_embedded(datadir)  # not ephemeral: the data must survive the restart
     url = pg.url
     try:
         asyncio.run(write_runs(url, sim_url, 2))
@@ -61,3 +62,4 @@ def test_exporter_survives_a_postgres_restart(sim_url: str) -> None:
         assert recovery < DEADLINE
     finally:
         pg.stop()
+        shutil.rmtree(datadir, ignore_errors=True)
