@@ -224,17 +224,9 @@ class AgnoSource:
     async def fetch_children(self, parents: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """Rows of the finished runs whose parent is one of these (a team's member runs), from every
         table read, each run once (the runs tables first: they win)."""
-        rows: list[dict[str, Any]] = []
-        found: set[str | None] = set()
         parts = [await r.fetch_children(parents) for r in self._runs]
         parts += [await r.fetch_children(parents) for r in self._legacy]
-        for part in parts:
-            for row in part:
-                run_id = row_run_id(row)
-                if run_id not in found:
-                    found.add(run_id)
-                    rows.append(row)
-        return rows
+        return _each_run_once(parts)
 
     async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
         """Which of these (run id, session id) are rows of agno's in any table read (not nested copies)."""
@@ -299,17 +291,22 @@ class AgnoSource:
     async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
         """Rows of every run of one session (``sessions show``), from every table read, each run once:
         the runs tables first (they win, as in :meth:`fetch_runs`), then the legacy columns."""
-        rows: list[dict[str, Any]] = []
-        seen: set[str | None] = set()
         parts = [await r.session_runs(session_id) for r in self._runs]
         parts += [await r.session_runs(session_id) for r in self._legacy]
-        for part in parts:
-            for row in part:
-                run_id = row_run_id(row)
-                if run_id not in seen:
-                    seen.add(run_id)
-                    rows.append(row)
-        return rows
+        return _each_run_once(parts)
+
+
+def _each_run_once(parts: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of several tables' answers, a run id once: the first table's copy wins."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str | None] = set()
+    for part in parts:
+        for row in part:
+            run_id = row_run_id(row)
+            if run_id not in seen:
+                seen.add(run_id)
+                rows.append(row)
+    return rows
 
 
 def nothing_to_read(layout: Layout, explicit: bool, runs_table: str, sessions_table: str) -> str:
