@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.index import create_index, index_name
+from exporter.commands.index import create_index, index_name
 
 from .harness import FINAL, check_exact, make_service, median, memory_kib, timed
 

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from exporter.agents import LlmTarget, build_agent, build_team, close_models, quiet_agno_logs, runner_models
 from exporter.config import AgentSpec, ModelSpec, TeamSpec
-from exporter.simllm import SimSettings, start_server
+from exporter.probes.agents import LlmTarget, build_agent, build_team, close_models, quiet_agno_logs, runner_models
+from exporter.probes.simllm import SimSettings, start_server
 
 from .pg import use_test_support
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.records import FINAL_STATUSES, TOKEN_FIELDS
+from exporter.records.runs import FINAL_STATUSES, TOKEN_FIELDS
 
 from .capture import Captured
 

@@ -1,6 +1,6 @@
 """What every benchmark shares: the exporter as users run it, timing, memory, and the result shape.
 
-The exporter is built exactly as ``agno-exporter collect`` builds it (:class:`exporter.service.Service`
+The exporter is built exactly as ``agno-exporter collect`` builds it (:class:`exporter.commands.service.Service`
 from settings), so a benchmark measures the product, not a rearranged copy of it.
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg
 
+from exporter.commands.service import Service
 from exporter.config import load_settings
-from exporter.records import FINAL_STATUSES
-from exporter.service import Service
+from exporter.records.runs import FINAL_STATUSES
 
 FINAL = sorted(FINAL_STATUSES)
 
@@ -66,7 +66,7 @@ def make_service(url: str, state_schema: str, **sections: dict[str, Any]) -> Ser
 def expected_totals(url: str) -> tuple[int, int]:
     """(finished runs, their input+output tokens) straight from agno's rows: what the export must equal.
 
-    Workflow runs carry no tokens of their own (their step runs do), as in :mod:`exporter.records`.
+    Workflow runs carry no tokens of their own (their step runs do), as in :mod:`exporter.records.runs`.
     """
     with psycopg.connect(url) as conn:
         row = conn.execute(

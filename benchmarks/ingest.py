@@ -72,7 +72,7 @@ async def agno_api(url: str, budget: float, limit: int) -> tuple[int, float]:
     from agno.agent import Agent
     from agno.team import Team
 
-    from exporter.agents import agno_db
+    from exporter.probes.agents import agno_db
 
     logging.getLogger("agno").setLevel(logging.ERROR)
     db = agno_db(url)

@@ -22,9 +22,9 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from exporter.agents import LlmTarget, agno_db, build_agent, close_models, quiet_agno_logs, runner_models
 from exporter.config import AgentSpec, ModelSpec
-from exporter.simllm import SimSettings, start_server
+from exporter.probes.agents import LlmTarget, agno_db, build_agent, close_models, quiet_agno_logs, runner_models
+from exporter.probes.simllm import SimSettings, start_server
 
 from .harness import median
 

@@ -8,7 +8,7 @@ into observations by the exporter's own code, until the store holds the wanted n
 The baseline holds exactly the same series in prometheus_client's native Counter and Histogram
 objects (the same observations, exemplars included); both are rendered by the same encoder, in
 OpenMetrics (what Prometheus asks for first) and in the classic text format, ours the way
-``/metrics`` does it (:func:`exporter.exposition.render`). Before each timed render a poll's worth
+``/metrics`` does it (:func:`exporter.sinks.prometheus.exposition.render`). Before each timed render a poll's worth
 of observations (``POLL_OBSERVATIONS``, random ones) is added, so the cache of unchanged series is
 measured with the churn a scrape really sees.
 """
@@ -25,10 +25,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.exposition import generate_latest as text
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 
-from exporter import prom
-from exporter.exposition import render
-from exporter.records import build_run_record
-from exporter.series import Observation, SeriesStore
+from exporter.records.runs import build_run_record
+from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.exposition import render
+from exporter.sinks.prometheus.series import Observation, SeriesStore
 
 from .capture import Captured
 from .harness import median

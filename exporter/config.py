@@ -276,7 +276,7 @@ class JobSpec(_Strict):
         if self.interval is not None and self.interval < 0.1:
             raise ValueError("interval must be at least 100ms")
         if self.cron is not None:
-            from .scheduler import cron_trigger  # the same parser the scheduler uses (0 or 7 = Sunday)
+            from exporter.probes.scheduler import cron_trigger  # the same parser the scheduler uses (0 or 7 = Sunday)
 
             try:
                 cron_trigger(self.cron)

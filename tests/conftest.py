@@ -32,7 +32,7 @@ def sim_url() -> Iterator[str]:
     """The project's simulated OpenAI-compatible model, on a loop of its own for the whole session."""
     from support import ThreadLoop
 
-    from exporter.simllm import SimSettings, start_server
+    from exporter.probes.simllm import SimSettings, start_server
 
     loop = ThreadLoop()
     server = loop.run(start_server(SimSettings(ttft=0.03, per_token=0.001, seed=7)))

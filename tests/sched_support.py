@@ -12,10 +12,10 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from support import DEADLINE
 
-from exporter.agents import LlmTarget, RunnerFactory, agno_db
+from exporter.commands.service import Service
 from exporter.config import JobSpec, load_settings
-from exporter.scheduler import ProbeScheduler
-from exporter.service import Service
+from exporter.probes.agents import LlmTarget, RunnerFactory, agno_db
+from exporter.probes.scheduler import ProbeScheduler
 
 
 def job(name: str, prompt: str = "Say hello.", interval: float | None = 0.2, agent: dict[str, Any] | None = None,

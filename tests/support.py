@@ -126,9 +126,9 @@ def free_port() -> int:
 
 
 def exporter_cmd() -> list[str]:
-    """The installed console script, as a user runs it (``python -m exporter.cli`` from a bare checkout)."""
+    """The installed console script, as a user runs it (``python -m exporter.commands.cli`` from a bare checkout)."""
     exe = shutil.which("agno-exporter")
-    return [exe] if exe else [sys.executable, "-m", "exporter.cli"]
+    return [exe] if exe else [sys.executable, "-m", "exporter.commands.cli"]
 
 
 async def close_clients(model: Any) -> None:

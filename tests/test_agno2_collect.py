@@ -24,7 +24,7 @@ from test_exactly_once import close, exported_runs, exported_tokens, make_collec
 from test_traces_e2e import all_exported, start_traced_service, wait_until
 from truth import assert_matches_agno, run_truth, truth_tokens
 
-from exporter.check import run_check
+from exporter.commands.check import run_check
 from exporter.config import load_settings
 
 pytestmark = pytest.mark.slow
@@ -197,7 +197,7 @@ def test_agno2_out_of_order_saves_are_counted_once(db_url: str, sim_url: str, ag
 
     async def main() -> None:
         # A tight clock_skew: it only covers the test stamping updated_at just before its UPDATE (the
-        # assumption of exporter.cursor); far more time passes below, so only the watermark keeps session a.
+        # assumption of exporter.ingest.cursor); far more time passes below, so only the watermark keeps session a.
         c = make_collector(db_url, rediscover=0, clock_skew=0.5)
         try:
             assert (await c.poll_once()).counted == 0

@@ -22,10 +22,10 @@ from psycopg.types.json import Jsonb
 from scrape import Samples
 from truth import assert_matches_agno
 
-from exporter.check import run_check
+from exporter.commands.check import run_check
+from exporter.commands.service import Service
+from exporter.commands.show import show_session
 from exporter.config import load_settings
-from exporter.service import Service
-from exporter.show import show_session
 
 pytestmark = pytest.mark.slow
 

@@ -35,10 +35,10 @@ from support import DEADLINE, sqlalchemy_url
 from test_collect_e2e import make_service
 from test_traces_e2e import wait_until
 
-from exporter.agno_spans import since_text
-from exporter.check import run_check
+from exporter.commands.check import run_check
+from exporter.commands.service import Service
 from exporter.config import load_settings
-from exporter.service import Service
+from exporter.sinks.otel.agno_spans import since_text
 
 pytestmark = pytest.mark.usefixtures("otel_env")
 

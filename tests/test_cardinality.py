@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from reference import runs_v3
 from scrape import Samples
 
-from exporter import prom
-from exporter.records import RunRecord, build_run_record
-from exporter.series import OTHER, Observation, SeriesRow, SeriesStore
+from exporter.records.runs import RunRecord, build_run_record
+from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.series import OTHER, Observation, SeriesRow, SeriesStore
 
 LIMIT = 50
 N = 100_000

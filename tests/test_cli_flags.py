@@ -20,7 +20,7 @@ from cli_support import Running, cli, one_line_error
 from scrape import Samples, scrape_text
 from support import sqlalchemy_url
 
-from exporter.cli import build_parser
+from exporter.commands.cli import build_parser
 from exporter.config import COMMON_SETTINGS, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

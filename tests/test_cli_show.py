@@ -16,7 +16,7 @@ from agno_app import AgnoApp
 from cli_support import cli, one_line_error
 from support import free_port
 
-from exporter.records import AGNO_TOKEN_FIELDS
+from exporter.records.runs import AGNO_TOKEN_FIELDS
 
 ALWAYS = ("input_tokens", "output_tokens", "total_tokens")
 

@@ -12,9 +12,9 @@ from scrape import Samples, scrape_text
 from support import DEADLINE
 from truth import assert_matches_agno, run_truth
 
+from exporter.commands.service import Service
 from exporter.config import load_settings
-from exporter.prices import PriceTable
-from exporter.service import Service
+from exporter.sinks.prometheus.prices import PriceTable
 
 
 def make_service(db_url: str, **sections: dict[str, Any]) -> Service:

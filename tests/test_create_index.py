@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from exporter.cli import main
+from exporter.commands.cli import main
 
 
 def test_create_index_is_idempotent_and_serves_the_candidate_query(db_url: str,

@@ -1,4 +1,4 @@
-"""The low watermark (exporter.cursor): the rule itself, a simulation of its argument, and real
+"""The low watermark (exporter.ingest.cursor): the rule itself, a simulation of its argument, and real
 Postgres with transactions open beside agno's (another database, the same database, agno's table)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from support import PgServer
 from test_exactly_once import close, exported_runs, exported_tokens, make_collector, stored_tokens, write_runs
 
-from exporter.collector import RunCollector
-from exporter.cursor import Watermark, WindowLog
+from exporter.ingest.collector import RunCollector
+from exporter.ingest.cursor import Watermark, WindowLog
 
 # ------------------------------------------------------------------------------------- the rule
 
@@ -86,7 +86,7 @@ class Txn:
 
 
 def simulate(seed: int, rule: str) -> list[str]:
-    """Random transactions writing agno's table under the assumption of exporter.cursor (a stamp is at
+    """Random transactions writing agno's table under the assumption of exporter.ingest.cursor (a stamp is at
     most ``skew`` older than its statement reaching the table, and transactions commit out of order),
     polled at random times. Returns the rows the first poll that saw them would not read (since =
     floor(L_{k-1} - skew)); "pg_locks" is what take_snapshot reads, "now" ignores writers."""

@@ -20,7 +20,7 @@ from support import DEADLINE, eventually, more_polls
 from test_collect_e2e import make_service
 from test_exactly_once import stored_tokens, write_runs
 
-from exporter.service import Service
+from exporter.commands.service import Service
 
 KILL = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE application_name LIKE 'agno-exporter%%' AND datname = current_database() AND pid <> pg_backend_pid()")

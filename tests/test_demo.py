@@ -25,11 +25,11 @@ from scrape import Samples
 from support import exporter_cmd, free_port
 from truth import run_truth, truth_tokens
 
+from exporter.commands.demo import Progress
+from exporter.commands.service import metric_value
+from exporter.commands.stack import start_stack
 from exporter.config import load_settings
-from exporter.demo import Progress
-from exporter.runner import start_stack
-from exporter.service import metric_value
-from exporter.simllm import SimSettings
+from exporter.probes.simllm import SimSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 120.0  # the demo starts a Postgres, agno and its first scheduled runs: generous

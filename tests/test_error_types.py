@@ -28,7 +28,7 @@ from provider_servers import (
 )
 from support import ThreadLoop, close_clients, sqlalchemy_url
 
-from exporter.records import RunRecord, build_run_record
+from exporter.records.runs import RunRecord, build_run_record
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_gemini_errors(db_url: str, loop: ThreadLoop) -> None:
 
 
 def test_status_codes_are_read_only_where_a_format_puts_them() -> None:
-    from exporter.records import classify_error
+    from exporter.records.runs import classify_error
 
     assert classify_error("COMPLETED", "Error code: 500") is None
     assert classify_error("CANCELLED", "anything") == "Cancelled"

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from scrape import Samples
 from support import DEADLINE, exporter_cmd, free_port
 
-from exporter import prom
-from exporter.collector import CollectorOptions, RunCollector
 from exporter.db import ConnectOptions, Database
-from exporter.readers import AgnoSource
-from exporter.state import PostgresState
+from exporter.ingest.collector import CollectorOptions, RunCollector
+from exporter.ingest.readers import AgnoSource
+from exporter.sinks.prometheus import families as prom
+from exporter.state.store import PostgresState
 
 
 def make_collector(db_url: str, rediscover: float = 300.0, **opts: Any) -> RunCollector:
@@ -75,7 +75,7 @@ def test_out_of_order_commits_are_counted_once(db_url: str, sim_url: str) -> Non
 
     async def main() -> None:
         # A tight clock_skew: it only covers the test stamping updated_at just before its UPDATE (the
-        # assumption of exporter.cursor); far more time passes below, so only the watermark keeps run a.
+        # assumption of exporter.ingest.cursor); far more time passes below, so only the watermark keeps run a.
         c = make_collector(db_url, clock_skew=0.5)
         try:
             assert (await c.poll_once()).counted == 0

@@ -11,7 +11,7 @@ from scrape import scrape_text
 from support import system_tool
 from test_collect_e2e import make_service, wait_counted
 
-from exporter.ids import trace_id_hex
+from exporter.records.ids import trace_id_hex
 
 
 def promtool() -> str:

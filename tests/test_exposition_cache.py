@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter import prom
-from exporter.exposition import render
-from exporter.series import Observation
+from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.exposition import render
+from exporter.sinks.prometheus.series import Observation
 
 ACCEPTS = ("", "text/plain; version=0.0.4", "text/plain; version=1.0.0; escaping=underscores",
            "application/openmetrics-text; version=1.0.0", "application/openmetrics-text")

@@ -19,11 +19,11 @@ from agno_app import AgnoApp
 from prometheus_client import CollectorRegistry
 from test_exactly_once import close, multiply_runs, write_runs
 
-from exporter import prom
-from exporter.collector import CollectorOptions, RunCollector
 from exporter.db import ConnectOptions, Database
-from exporter.readers import AgnoSource
-from exporter.state import PostgresState
+from exporter.ingest.collector import CollectorOptions, RunCollector
+from exporter.ingest.readers import AgnoSource
+from exporter.sinks.prometheus import families as prom
+from exporter.state.store import PostgresState
 
 
 class StepClock:

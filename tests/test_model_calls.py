@@ -26,9 +26,9 @@ from scrape import Samples, scrape_text
 from support import ThreadLoop, close_all_model_clients, sqlalchemy_url
 from test_collect_e2e import make_service, wait_counted
 
-from exporter.prices import PriceTable
-from exporter.records import TOKEN_FIELDS, RunRecord, build_run_record, provider_name
-from exporter.simllm import SimSettings, start_server
+from exporter.probes.simllm import SimSettings, start_server
+from exporter.records.runs import TOKEN_FIELDS, RunRecord, build_run_record, provider_name
+from exporter.sinks.prometheus.prices import PriceTable
 
 
 @pytest.fixture(scope="module")

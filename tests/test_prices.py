@@ -7,9 +7,9 @@ import copy
 import pytest
 from reference import runs_v3
 
-from exporter import prom
-from exporter.prices import DEFAULT_PRICES, PRICES_AS_OF, Price, PriceTable
-from exporter.records import TokenUsage, build_run_record
+from exporter.records.runs import TokenUsage, build_run_record
+from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.prices import DEFAULT_PRICES, PRICES_AS_OF, Price, PriceTable
 
 
 def record(cost: float | None = None, model: str = "gpt-4o-mini", cache_read: int = 0):  # type: ignore[no-untyped-def]

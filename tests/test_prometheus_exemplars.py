@@ -16,7 +16,7 @@ from support import DEADLINE
 from test_collect_e2e import make_service, wait_counted
 from test_traces_e2e import stored_rows, top_level_of
 
-from exporter.ids import trace_id_hex
+from exporter.records.ids import trace_id_hex
 
 TTFT_BUCKETS = "agno_run_time_to_first_token_seconds_bucket"
 

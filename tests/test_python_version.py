@@ -46,8 +46,8 @@ def old_pythons() -> list[str]:
 def test_an_old_python_gets_one_line(python: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONPATH"] = str(ROOT)
-    # What the console script runs: `from exporter.cli import main`.
-    proc = subprocess.run([python, "-c", "from exporter.cli import main; main(['--help'])"], cwd=ROOT, env=env,
+    # What the console script runs: `from exporter.commands.cli import main`.
+    proc = subprocess.run([python, "-c", "from exporter.commands.cli import main; main(['--help'])"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
     version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
                              text=True, check=True).stdout.strip()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from reference import runs_v3, sessions_v2, sessions_v3
 
-from exporter.records import (
+from exporter.records.runs import (
     MAX_RUN_SECONDS,
     MAX_RUN_TOKENS,
     MAX_RUN_USD,

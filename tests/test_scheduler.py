@@ -40,7 +40,8 @@ from sched_support import (
 from scrape import Samples, scrape_text
 from support import DEADLINE, exporter_cmd, free_port
 
-from exporter.agents import (
+from exporter.config import ConfigError, JobSpec, load_settings
+from exporter.probes.agents import (
     LlmTarget,
     RunnerFactory,
     ToolFailure,
@@ -48,8 +49,7 @@ from exporter.agents import (
     build_runner,
     choose_llm,
 )
-from exporter.config import ConfigError, JobSpec, load_settings
-from exporter.scheduler import _crontab_dow, cron_trigger, make_trigger, planned_firings
+from exporter.probes.scheduler import _crontab_dow, cron_trigger, make_trigger, planned_firings
 
 FAST = "Say hello."
 SLOW = "Say hello slowly. [sim:ttft=1.0]"
@@ -206,7 +206,7 @@ def test_graceful_shutdown_waits_for_in_flight_runs(db_url: str, sim_url: str) -
 
 @pytest.mark.slow
 def test_run_all_serves_metrics_of_scheduled_runs(db_url: str) -> None:
-    from exporter.runner import run_all
+    from exporter.commands.stack import run_all
 
     settings = load_settings(None, environ={}, overrides={
         "database": {"url": db_url}, "web": {"listen": "127.0.0.1:0"}, "collector": {"poll_interval": "100ms"},

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from reference import MATRIX_RELEASES, matrix_runs, matrix_sessions
 
-from exporter.records import BadRow, SessionRun, build_session_record, build_session_run, session_claim_tokens
+from exporter.records.runs import BadRow, SessionRun, build_session_record, build_session_run, session_claim_tokens
 
 
 def session(version: str, name: str) -> tuple[Any, list[SessionRun]]:

@@ -1,4 +1,4 @@
-"""Tests for exporter.simllm, driven by the real openai client and real agno agents and teams."""
+"""Tests for exporter.probes.simllm, driven by the real openai client and real agno agents and teams."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from agno.team import Team
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
-from exporter.simllm import STATS_KEY, SimServer, SimSettings, count_prompt_tokens, start_server
+from exporter.probes.simllm import STATS_KEY, SimServer, SimSettings, count_prompt_tokens, start_server
 
 BASE = SimSettings(ttft=0.02, per_token=0.001, seed=1)
 STOCK_TOOL: ChatCompletionFunctionToolParam = {

@@ -49,7 +49,7 @@ from support import DEADLINE
 from test_collect_e2e import make_service, wait_counted
 from test_exposition import promtool
 
-from exporter.cli import build_parser
+from exporter.commands.cli import build_parser
 from exporter.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,7 +280,7 @@ def _create_agno_tables(db_url: str, sim_url: str) -> None:
 def test_check_command_passes_with_the_compose_config(db_url: str, sim_url: str) -> None:
     _create_agno_tables(db_url, sim_url)  # a fresh database has no agno tables: check says so
     proc = subprocess.run(
-        [sys.executable, "-m", "exporter.cli", "check", "-c", str(exporter_config_path()), "--db-url", db_url],
+        [sys.executable, "-m", "exporter.commands.cli", "check", "-c", str(exporter_config_path()), "--db-url", db_url],
         env=_exporter_env(db_url), capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0 and "[FAIL]" not in proc.stdout, proc.stdout + proc.stderr
     assert "agno layout v3" in proc.stdout
@@ -297,7 +297,7 @@ def test_run_command_with_the_compose_config_gets_ready(db_url: str, sim_url: st
         argv = exporter_argv()[1:]
         argv[argv.index("-c") + 1] = str(exporter_config_path())
         proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter.cli", *argv, "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "exporter.commands.cli", *argv, "--listen", f"127.0.0.1:{port}"],
             env=_exporter_env(db_url, OTEL_EXPORTER_OTLP_ENDPOINT=rx.base_url),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )
@@ -372,7 +372,7 @@ def test_dockerfile_installs_with_the_readme_step_as_non_root(tmp_path: Path) ->
 
     # The build context (after .dockerignore) holds what `pip install .` needs, and nothing secret.
     files = {p.relative_to(ROOT).as_posix() for p in build_context()}
-    assert {"pyproject.toml", "README.md", "exporter/cli.py", "exporter/__init__.py"} <= files
+    assert {"pyproject.toml", "README.md", "exporter/commands/cli.py", "exporter/__init__.py"} <= files
     assert not any(f.startswith(("tests/", ".git", ".env", "deploy/", "grafana/")) for f in files), files
     for copy in dockerfile_instruction("COPY"):
         *sources, _ = copy.split()
@@ -395,7 +395,7 @@ def test_dockerfile_installs_with_the_readme_step_as_non_root(tmp_path: Path) ->
             assert sorted(p.name for p in (ctx / package).glob(pattern)) == sorted(
                 p.name for p in (ROOT / package).glob(pattern)), pattern
     script = project["project"]["scripts"]["agno-exporter"]
-    assert script == "exporter.cli:main" and (ctx / "exporter/cli.py").exists()
+    assert script == "exporter.commands.cli:main" and (ctx / "exporter/commands/cli.py").exists()
 
 
 # ---------------------------------------------------------------------------------------------

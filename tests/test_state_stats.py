@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from test_exactly_once import close, exported_runs, make_collector, write_runs
 
-from exporter import state as state_module
 from exporter.db import ConnectOptions, Database
-from exporter.state import PostgresState
+from exporter.state import store as state_module
+from exporter.state.store import PostgresState
 
 
 def reltuples(db_url: str, table: str) -> float:

@@ -30,8 +30,8 @@ from test_readonly_role import as_user
 from truth import assert_matches_agno, run_truth
 
 from exporter.db import ConnectOptions, Database
-from exporter.readers import AgnoSource, nothing_to_read
-from exporter.source import FoundTable, Layout, TablePair, pair_tables
+from exporter.ingest.readers import AgnoSource, nothing_to_read
+from exporter.ingest.source import FoundTable, Layout, TablePair, pair_tables
 
 COOKBOOK = "bg_metrics_sessions"  # the seed cookbook's session_table
 

@@ -24,9 +24,9 @@ from otlp_receiver import OtlpReceiver, ReceivedSpan
 from prometheus_client import CollectorRegistry
 from reference import runs_v3
 
-from exporter.ids import span_id_for, trace_id_for
-from exporter.records import RunRecord, TokenAnomaly, build_run_record, delegating_tool
-from exporter.traces import (
+from exporter.records.ids import span_id_for, trace_id_for
+from exporter.records.runs import RunRecord, TokenAnomaly, build_run_record, delegating_tool
+from exporter.sinks.otel.traces import (
     PendingTrace,
     TraceSink,
     build_spans,

@@ -20,8 +20,8 @@ from scrape import Samples, scrape_text
 from support import DEADLINE
 from test_collect_e2e import make_service, wait_counted
 
-from exporter.ids import trace_id_hex
-from exporter.service import Service
+from exporter.commands.service import Service
+from exporter.records.ids import trace_id_hex
 
 US = 1_000  # ns
 SOURCE = "ai.agno_runs"

@@ -28,7 +28,7 @@ from support import sqlalchemy_url
 from test_collect_e2e import make_service, wait_counted
 from truth import run_truth
 
-from exporter.records import TOKEN_FIELDS, UNNAMED, run_label
+from exporter.records.runs import TOKEN_FIELDS, UNNAMED, run_label
 
 CAP = 4  # metrics.label_value_limit: unnamed, Alpha, Beta and support-desk fill it exactly
 UNNAMED_AGENTS = 6  # each a new Agent(...) without a name, as a request handler creates them

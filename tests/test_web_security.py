@@ -21,9 +21,9 @@ from scrape import Samples
 from support import DEADLINE
 from test_collect_e2e import make_service
 
+from exporter.commands.service import Service
 from exporter.config import ConfigError
-from exporter.service import Service
-from exporter.webconfig import load_web_config
+from exporter.web.config import load_web_config
 
 USER, PASSWORD = "prometheus", "correct horse"
 

@@ -24,12 +24,12 @@ from scrape import Samples
 from test_exactly_once import close, make_collector
 from truth import assert_matches_agno, run_truth, workflow_truth
 
-from exporter.collector import RunCollector, TopSessions
+from exporter.commands.show import show_run
 from exporter.config import load_settings
 from exporter.db import ConnectOptions, Database
-from exporter.records import TOKEN_FIELDS, build_row_runs
-from exporter.show import show_run
-from exporter.source import RunsSource
+from exporter.ingest.collector import RunCollector, TopSessions
+from exporter.ingest.source import RunsSource
+from exporter.records.runs import TOKEN_FIELDS, build_row_runs
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
 

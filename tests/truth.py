@@ -11,7 +11,7 @@ from typing import Any
 
 from scrape import Samples
 
-from exporter.records import TOKEN_FIELDS
+from exporter.records.runs import TOKEN_FIELDS
 
 
 def _dict(value: Any) -> Any:

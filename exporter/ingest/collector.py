@@ -1,0 +1,675 @@
+"""The poll loop: source -> records -> sinks, then commit state.
+
+One poll: take the database snapshot, list candidate runs page by page (light), fetch the ones not
+counted yet, turn them into records (malformed rows are counted and remembered, never retried and
+never blocking), and count each page in one state transaction. After the last page the low
+watermark advances (see :mod:`exporter.ingest.cursor`). Errors end the poll, not the process: the loop
+reports ``agno_exporter_up 0``, backs off, reconnects and catches up.
+
+No single run can stop the counting: a row that does not parse is a counted skip, and a page the
+state refuses for a reason that belongs to a row (a value it cannot hold) is committed in parts
+until the refused run is found and skipped; only a database fault retries the whole page.
+
+The log is meant for an operator: each skipped run is logged once (when its skip is recorded,
+never again on a retry or after a restart), at most ``SKIP_WARNINGS_PER_POLL`` of them at WARNING
+per poll and the rest summarised; runs with inconsistent token numbers and sessions whose stored
+totals disagree are summarised per poll with a few example ids (each one at DEBUG); backfill
+progress is logged only when runs were counted since the last line, with the rate and what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector as PromCollector
+
+from exporter.ingest.cursor import Watermark, WindowLog
+from exporter.ingest.leader import Leadership
+from exporter.ingest.readers import AgnoSource, Reader
+from exporter.ingest.source import Candidate, Page, Snapshot
+from exporter.records.ids import trace_id_hex
+from exporter.records.runs import (
+    BadRow,
+    RunRecord,
+    SessionRecord,
+    SessionRun,
+    build_row_runs,
+    build_session_record,
+    build_session_run,
+    row_run_id,
+    session_claim_tokens,
+)
+from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.prices import PriceTable
+from exporter.sinks.prometheus.series import Observation, SeriesRow, SeriesStore
+from exporter.state.store import PostgresState, StateNotWritable
+
+log = logging.getLogger("agno_exporter.collector")
+
+SKIP_WARNINGS_PER_POLL = 10  # skipped runs logged one by one at WARNING per poll; the rest at DEBUG
+EXAMPLES = 3  # ids named in a summary line
+BACKFILL_LOG_EVERY = 10.0  # seconds between backfill progress lines
+# Errors of a state write that belong to a value of a record, not to the database: SQLSTATE class 22
+# ("bigint out of range", a character the encoding cannot hold) and psycopg's own refusal to send a
+# value. Anything else (OperationalError: the database is down) retries the whole page.
+ROW_FAULTS: tuple[type[Exception], ...] = (psycopg.DataError, UnicodeEncodeError)
+STATE_REJECTED = "state_rejected"  # the rows_skipped reason of a run the state refused
+MAX_RULE_CHECKS = 100  # sessions whose runs are read per poll to check their totals run by run
+
+
+@dataclass(frozen=True)
+class CollectorOptions:
+    batch_size: int = 500
+    clock_skew: float = 10.0
+    max_lookback: float = 3600.0
+    backfill: bool = True
+    top_sessions: int = 10
+    top_sessions_window: float = 86400.0
+    # The top-K query sorts every session active in the window: repeat it when runs were counted, else
+    # only this often (so an idle poll stays cheap; a session leaves the window at most this late).
+    top_sessions_refresh: float = 60.0
+    with_content: bool = False
+    prices: PriceTable | None = None
+    stuck_after: float = 900.0
+    # agno writes a session's totals after the run's row; compare only once they have had time to settle
+    session_settle: float = 5.0
+    max_pending_session_checks: int = 10_000
+    cursor_save_interval: float = 10.0
+
+
+@dataclass
+class _Loaded:
+    records: list[RunRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason)
+    roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
+    details: dict[str, str] = field(default_factory=dict)  # run id -> why it is skipped, for the log
+    in_table: set[str] = field(default_factory=set)  # ids of the records that have rows of their own
+
+
+@dataclass(frozen=True)
+class PollFailure:
+    """The last failed poll, for the landing page."""
+
+    at: float  # unix time
+    reason: str  # database, query, state (agno_exporter_poll_errors_total's reason)
+    message: str  # as logged (connection errors have their URL's password masked, see db.connect)
+
+
+@dataclass
+class PollResult:
+    counted: int = 0
+    skipped: int = 0
+    pages: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    skips_logged: int = 0  # of them, logged one by one at WARNING
+    anomalies: dict[str, int] = field(default_factory=dict)  # kind -> runs counted with it
+    anomalous_runs: int = 0
+    anomaly_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Backfill:
+    """Progress of one reader's backfill, for the log: a line only when runs were counted since the
+    last one (at most every ``BACKFILL_LOG_EVERY`` seconds), with the rate and what is left to list
+    (from the planner's estimate of the table's rows: an estimate, said so)."""
+
+    key: str
+    started: float
+    counted0: int  # the poll's counts when the backfill started
+    skipped0: int
+    size: int | None  # planner's estimate of the rows to list, None when unknown
+    unit: str  # what the backfill lists: runs (agno 3.x) or sessions (agno 2.x)
+    listed: int = 0
+    logged_at: float = 0.0
+    logged_counted: int = 0
+
+    def page(self, page: Page, result: PollResult, now: float) -> None:
+        self.listed += page.scanned
+        counted = result.counted - self.counted0
+        if counted <= self.logged_counted or now - max(self.logged_at, self.started) < BACKFILL_LOG_EVERY:
+            return
+        self.logged_at, self.logged_counted = now, counted
+        elapsed = max(now - self.started, 1e-9)
+        rate = counted / elapsed
+        left = ""
+        if self.size is not None:
+            remaining = max(0, self.size - self.listed)
+            eta = remaining / (self.listed / elapsed) if self.listed else 0.0
+            left = f"; about {remaining:,} {self.unit} left to list (planner's estimate), {_duration(eta)} more"
+        log.info("backfill of %s: %s runs counted in %s (%s runs/s), %s %s listed%s", self.key, f"{counted:,}",
+                 _duration(elapsed), f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}", f"{self.listed:,}",
+                 self.unit, left)
+
+    def done(self, result: PollResult, now: float) -> None:
+        counted, skipped = result.counted - self.counted0, result.skipped - self.skipped0
+        log.info("backfill of %s finished in %s: %s %s listed, %s runs counted, %s skipped (the rest were"
+                 " counted before)", self.key, _duration(now - self.started), f"{self.listed:,}", self.unit,
+                 f"{counted:,}", f"{skipped:,}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:,.0f} min"
+
+
+def _settle_heap() -> None:
+    """Keep the cyclic garbage collector off the hot path (a fifth of the time counting a large table).
+
+    What exists once the state is loaded (modules, config, the series) lives as long as the process,
+    so it is frozen out of the collector's scans. A poll allocates tens of thousands of short-lived
+    dicts and tuples per chunk (parsed JSON, records, observations), nearly all freed by reference
+    counting; a first-generation threshold of 50,000 live new objects instead of 700 stops the
+    collector from rescanning the chunk in flight over and over. Cyclic garbage is still collected.
+    """
+    gc.collect()  # so that only live objects are frozen
+    gc.freeze()
+    if gc.get_threshold()[0] < 50_000:
+        gc.set_threshold(50_000, 20, 20)
+
+
+class RunCollector:
+    """Reads finished runs from one agno database and counts each exactly once."""
+
+    def __init__(
+        self,
+        source: AgnoSource,
+        state: PostgresState,
+        store: SeriesStore,
+        metrics: prom.SelfMetrics,
+        options: CollectorOptions,
+        clock: Callable[[], float] = time.time,
+        on_commit: Callable[[Sequence[RunRecord]], None] | None = None,
+        leadership: Leadership | None = None,
+    ) -> None:
+        self.leadership = leadership or Leadership(None, 0, "")
+        self.source = source
+        self.state = state
+        self.store = store
+        self.m = metrics
+        self.opts = options
+        self.clock = clock
+        self.on_commit = on_commit
+        self.watermarks: dict[str, Watermark] = {}  # per reader (agno 3.x table, 2.x column)
+        self.top: list[tuple[str, str, str, int, float, float]] = []
+        self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
+        self.started = False
+        self.ready = False
+        self.last_success: float | None = None  # unix time of the last successful poll
+        self.last_failure: PollFailure | None = None
+        self._waiting_logged = False
+        self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
+        self._top_at = float("-inf")
+        self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
+        self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
+
+    async def start(self) -> None:
+        """Create/load the durable state. Safe to call again after a failure."""
+        try:
+            await self.state.setup()
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            raise StateNotWritable(self.state.schema, str(exc)) from None
+        self.watermarks.clear()
+        self._cursor_saved.clear()
+        self.store.load(await self.state.load_series())
+        await self.source.refresh(force=True)
+        self.started = True
+        log.info("state loaded: %d series", self.store.series_count())
+        _settle_heap()
+
+    def _window_log(self, reader: Reader) -> WindowLog:
+        wl = self._window_logs.get(reader.key)
+        if wl is None:
+            wl = self._window_logs[reader.key] = WindowLog(log, ".".join(reader.written), self.opts.max_lookback)
+        return wl
+
+    async def _watermark(self, reader: Reader) -> Watermark:
+        wm = self.watermarks.get(reader.key)
+        if wm is None:
+            wm = Watermark(low=await self.state.load_cursor(reader.key), max_lookback=self.opts.max_lookback)
+            self.watermarks[reader.key] = wm
+        return wm
+
+    # --- one poll ------------------------------------------------------------------------------
+
+    async def poll_once(self) -> PollResult:
+        if not self.started:
+            await self.start()
+        result = PollResult()
+        try:
+            return await self._poll(result)
+        finally:
+            self._log_poll(result)  # also when the poll failed after counting some pages
+
+    async def _poll(self, result: PollResult) -> PollResult:
+        readers = await self.source.refresh()
+        if not readers:
+            # agno creates its tables on first use: an app that has not run yet is not an error (the
+            # source says so every few minutes, agno_exporter_tables says 0).
+            return result
+        # After refresh: the snapshot watches the writers of every table about to be read.
+        snap = await self.source.snapshot()
+        try:
+            for reader in readers:
+                await self._read(reader, await self._watermark(reader), snap, result)
+        except psycopg.errors.UndefinedTable as exc:
+            # A table dropped (or a forced table missing) under us: look again next poll.
+            if not self._waiting_logged:
+                log.warning("an agno table is gone or not there yet (%s): looking for agno's tables again",
+                            str(exc).strip().splitlines()[0])
+                self._waiting_logged = True
+            await self.source.refresh(force=True)
+            return result
+        self._waiting_logged = False
+        for reader in readers:
+            wm = self.watermarks[reader.key]
+            adv = wm.advance(snap.now, snap.writers_of(reader.written))
+            low = adv.low
+            if adv.clamped:
+                self.m.lookback_clamped.inc()
+            self._window_log(reader).report(adv, snap.now)
+            # An older saved watermark only makes a restart re-read (and skip) a few more runs, so it
+            # is written every few seconds, not on every poll (a write and a flush each time).
+            if snap.now - self._cursor_saved.get(reader.key, float("-inf")) >= self.opts.cursor_save_interval:
+                await self.state.save_cursor(low, reader.key)
+                self._cursor_saved[reader.key] = snap.now
+        self.m.watermark.set(min(self.watermarks[r.key].low for r in readers))
+        if self.opts.top_sessions and (result.counted or snap.now - self._top_at >= self.opts.top_sessions_refresh):
+            self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
+                                                     self.opts.top_sessions)
+            self._top_at = snap.now
+        await self._check_sessions(snap.now)
+        self.open_runs = [
+            (r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
+             max(0.0, snap.now - float(r["oldest"] or snap.now)))
+            for r in await self.source.open_runs(snap.now, self.opts.stuck_after)
+        ]
+        return result
+
+    async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult) -> None:
+        """Count the reader's new runs chunk by chunk, two chunks in flight: while one is committed to
+        the state, the next is fetched from agno's table and parsed (the source and the state are two
+        connections, and Postgres and Python then work at the same time).
+
+        The early ``known`` filter of a chunk runs before the previous chunk commits, so it may miss
+        ids that chunk just counted; it only saves fetches: the commit's insert of the run ids is
+        what keeps each run counted once.
+        """
+        if wm.low == 0.0 and not self.opts.backfill and not reader.appeared:
+            log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
+            return
+        progress = None
+        if wm.low == 0.0:
+            size, unit = await reader.backfill_size()
+            progress = _Backfill(reader.key, self.clock(), result.counted, result.skipped, size, unit)
+        ready: _Loaded | None = None  # fetched and parsed, waiting for its commit
+        async with contextlib.aclosing(self._chunks(reader, wm, result, progress)) as chunks:
+            async for chunk in chunks:
+                result.pages += 1
+                known = await self.state.known([c.run_id for c in chunk])
+                todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
+                loading = asyncio.create_task(self._load(reader, todo)) if todo else None
+                try:
+                    if ready is not None:
+                        await self._commit(ready, result)
+                except BaseException as exc:
+                    if loading is not None:  # never leave a query running on the source connection
+                        if isinstance(exc, asyncio.CancelledError):
+                            loading.cancel()
+                        with contextlib.suppress(Exception, asyncio.CancelledError):
+                            await loading
+                    raise
+                ready = await loading if loading is not None else None
+        if ready is not None:
+            await self._commit(ready, result)
+        if progress is not None:
+            progress.done(result, self.clock())
+
+    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult,
+                      progress: _Backfill | None) -> AsyncGenerator[list[Candidate], None]:
+        """Candidate pages in listing order, cut to ``batch_size`` (a page of agno 2.x sessions can
+        hold many more runs). Advanced only when no chunk is loading: one query at a time per
+        connection."""
+        after: Any = None
+        while True:
+            if progress is not None:
+                page = await reader.backfill(after, self.opts.batch_size)
+                progress.page(page, result, self.clock())
+            else:
+                page = await reader.candidate_page(wm.low - self.opts.clock_skew, after, self.opts.batch_size)
+            for i in range(0, len(page.items), self.opts.batch_size):
+                yield page.items[i:i + self.opts.batch_size]
+            if page.after is None:
+                return
+            after = page.after
+
+    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> _Loaded:
+        """Fetch and parse runs not counted yet: records (a row's own run and the runs agno nested in
+        it), malformed rows, each record's trace root, and which records have rows of their own.
+
+        A run id met twice in the chunk is counted once: a nested copy is preferred to the run's own
+        row, because agno's own row of a nested run does not name its parent (see RowRuns).
+
+        A malformed row is logged when its skip is recorded (:meth:`_commit`), not here: a page
+        whose commit fails is loaded again on the retry.
+        """
+        loaded = _Loaded()
+        seen: set[str] = set()
+        chosen: dict[str, RunRecord] = {}
+        for row in await reader.fetch_runs(todo):
+            run_id = str(row_run_id(row))
+            if run_id in seen:  # an agno 2.x array can hold a run twice: count it once
+                continue
+            seen.add(run_id)
+            try:
+                runs = build_row_runs(row, row.get("run_data"), with_content=self.opts.with_content)
+            except BadRow as exc:
+                loaded.skipped.append((run_id, exc.reason))
+                loaded.details[run_id] = str(exc)
+                continue
+            for key, reason in runs.skipped:
+                loaded.skipped.append((key, reason))
+                loaded.details[key] = f"nested in run {run_id}: {reason}"
+            if not runs.run.final:
+                continue
+            for record in runs.records:
+                if not record.final:
+                    # The row is final, so agno will never finish this copy of a nested run.
+                    loaded.skipped.append((record.run_id, "nested_not_final"))
+                    loaded.details[record.run_id] = f"nested in run {run_id}: status {record.status}"
+                    continue
+                before = chosen.get(record.run_id)
+                if before is None or (before.host_run_id is None and record.host_run_id is not None):
+                    chosen[record.run_id] = record
+        loaded.records = list(chosen.values())
+        nested = [r for r in loaded.records if r.host_run_id]
+        loaded.in_table = {r.run_id for r in loaded.records if not r.host_run_id}
+        if nested:
+            loaded.in_table |= await self.source.row_ids([(r.run_id, r.session_id) for r in nested])
+        loaded.roots = await self.source.ancestors(
+            [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id and not r.host_run_id])
+        for r in nested:  # no row to follow: its host's trace
+            loaded.roots[r.run_id] = loaded.roots.get(r.host_run_id or "", r.host_run_id or r.run_id)
+        return loaded
+
+    async def _commit(self, loaded: _Loaded, result: PollResult) -> None:
+        """Count one chunk in one state transaction; if the state refuses it for a reason that belongs
+        to a run (:data:`ROW_FAULTS`), commit it in halves, recursively, and skip each run the state
+        refuses on its own (reason ``state_rejected``). The other runs are counted exactly once: each
+        part is its own transaction, with the insert of its run ids as the dedupe, and memory is
+        applied after each part's commit. A database fault is raised: the poll retries the page.
+        """
+        now = self.clock()
+        try:
+            await self._commit_part(loaded.records, loaded.skipped, loaded, now, result)
+            return
+        except ROW_FAULTS as exc:
+            if not loaded.records:
+                raise  # only skips were written: nothing of a run's can be at fault
+            log.warning("the state refused a page of %d runs (%s): committing it in parts to find the runs it"
+                        " refuses", len(loaded.records), _first_line(exc))
+        parts: list[tuple[list[RunRecord], list[tuple[str, str]]]] = [(loaded.records, loaded.skipped)]
+        while parts:
+            records, skipped = parts.pop()
+            try:
+                await self._commit_part(records, skipped, loaded, now, result)
+            except ROW_FAULTS as exc:
+                if not records:
+                    raise
+                if len(records) == 1:
+                    run_id = records[0].run_id
+                    loaded.details[run_id] = f"the state refused it: {_first_line(exc)}"
+                    parts.append(([], [*skipped, (run_id, STATE_REJECTED)]))
+                else:
+                    half = len(records) // 2
+                    parts.append((records[half:], []))
+                    parts.append((records[:half], skipped))  # popped first: listing order is kept
+
+    async def _commit_part(self, records: list[RunRecord], skipped: list[tuple[str, str]], loaded: _Loaded,
+                           now: float, result: PollResult) -> None:
+        """Count ``records`` in one state transaction, then (only then) update memory and self-metrics."""
+        roots = loaded.roots
+        trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
+        staged_box: list[Any] = []
+        # Built before the transaction: a session's cost is summed from the very cost observations
+        # that go to agno_cost_usd_total (estimates included), and the transaction stays short.
+        per_run = {r.run_id: list(prom.observations(r, trace_ids[r.run_id], self.opts.prices)) for r in records}
+        costs = {run_id: prom.cost_of(obs) for run_id, obs in per_run.items()}
+
+        def compute(fresh: list[RunRecord], new_sessions: list[tuple[str, str]]) -> list[SeriesRow]:
+            obs: list[Observation] = [o for rec in fresh for o in per_run[rec.run_id]]
+            obs.extend(prom.new_session_observations(new_sessions))
+            staged = self.store.stage(obs, now)
+            staged_box.append(staged)
+            return staged.rows()
+
+        batch = await self.state.commit_batch(records, roots, skipped, now, compute, loaded.in_table,
+                                              costs=costs)
+        staged_box[-1].apply()  # only after the commit: memory never runs ahead of the state
+        for rec in batch.new_records:
+            self.m.runs_collected.labels(rec.run_type).inc()
+            self.m.lag.observe(max(0.0, now - rec.updated_at))
+            for reason in rec.sanitized:
+                self.m.rows_sanitized.labels(reason).inc()
+            if rec.anomalies:
+                self._note_anomalies(rec, result)
+        for run_id, reason in batch.new_skipped:
+            self.m.rows_skipped.labels(reason).inc()
+            result.skipped_by_reason[reason] = result.skipped_by_reason.get(reason, 0) + 1
+            detail = loaded.details.get(run_id, reason)
+            if result.skips_logged < SKIP_WARNINGS_PER_POLL:
+                result.skips_logged += 1
+                log.warning("skipping run %s: %s", run_id, detail)
+            else:
+                log.debug("skipping run %s: %s", run_id, detail)
+        for rec in batch.new_records:
+            if rec.session_id and len(self._session_checks) < self.opts.max_pending_session_checks:
+                self._session_checks[rec.session_id] = now
+        result.counted += len(batch.new_records)
+        result.skipped += len(batch.new_skipped)
+        if self.on_commit and batch.new_records:
+            self.on_commit(batch.new_records)
+
+    @staticmethod
+    def _note_anomalies(rec: RunRecord, result: PollResult) -> None:
+        """Remember a counted run's token anomalies for the poll's summary line (each run at DEBUG)."""
+        result.anomalous_runs += 1
+        for kind in rec.anomaly_kinds:
+            result.anomalies[kind] = result.anomalies.get(kind, 0) + 1
+        line = f"run {rec.run_id} ({rec.provider} {rec.model}, {rec.name}): {', '.join(rec.anomaly_kinds)}"
+        if len(result.anomaly_examples) < EXAMPLES:
+            result.anomaly_examples.append(line)
+        log.debug("inconsistent token numbers stored by agno: %s", line)
+
+    @staticmethod
+    def _log_poll(result: PollResult) -> None:
+        """The poll's summary lines: skips beyond those logged one by one, and token anomalies."""
+        more = result.skipped - result.skips_logged
+        if more > 0:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(result.skipped_by_reason.items()))
+            log.warning("%d more runs skipped in this poll (in all %s); each is logged at DEBUG", more, reasons)
+        if result.anomalous_runs:
+            kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(result.anomalies.items()))
+            log.warning("%d runs counted with inconsistent token numbers stored by agno (%s), e.g. %s;"
+                        " agno_token_anomalies_total counts them, each run is logged at DEBUG",
+                        result.anomalous_runs, kinds, "; ".join(result.anomaly_examples))
+
+    async def _check_sessions(self, now: float) -> None:
+        """Compare agno's stored session totals with the session's runs (agno can lose updates).
+
+        A session is compared once all its runs are finished and counted, and a settle time after
+        its last run was counted. Its totals should equal what its runs add up to by agno's own
+        conventions: a workflow session sums its runs' ``metrics.steps`` (RunRecord.session_tokens,
+        kept per session in the state), and agno 2.3.5-2.5.3 add only a team run's own metrics, not
+        its member runs' (see records.TEAM_TOTALS, the README's agno release table). Only a session
+        whose totals differ from the state's sum has its runs read, to apply the release rules run by
+        run (a session may have been saved by several releases). A session whose stored runs are
+        fewer than the runs counted (agno 2.x rewrote its runs blob from an older copy and dropped
+        finished runs) disagrees. Each disagreeing session is counted once; a poll logs one summary
+        line (each session at DEBUG).
+        """
+        due = [sid for sid, t in self._session_checks.items() if now - t >= self.opts.session_settle]
+        if not due:
+            return
+        counts = await self.source.session_run_counts(due)
+        ours = await self.state.sessions_by_id(due)
+        complete = [sid for sid in due
+                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] <= ours[sid]["runs"]]
+        disagreeing: dict[str, str] = {}  # session id -> what is wrong, for the log
+        by_rules: dict[str, SessionRecord] = {}  # sessions to compare run by run
+        for row in await self.source.sessions(complete):
+            try:
+                stored = build_session_record(row)
+            except BadRow as exc:
+                log.warning("session %s: unreadable session_metrics: %s", row.get("session_id"), exc)
+                continue
+            mine = ours[stored.session_id]
+            # agno's own convention where known (a workflow session sums its runs' metrics.steps);
+            # sessions counted before the state kept it compare with the sum of the runs' tokens
+            summed = int(mine["tokens"] if mine["agno_tokens"] is None else mine["agno_tokens"])
+            if mine["disagreement"] or stored.claimed_tokens == summed:
+                continue
+            dropped = int(mine["runs"]) - counts[stored.session_id][0]
+            if dropped > 0:
+                disagreeing[stored.session_id] = (
+                    f"agno's stored session_metrics claim {stored.claimed_tokens} tokens, the runs counted sum to"
+                    f" {summed}; agno no longer holds {dropped} of those finished runs (agno 2.x: a concurrent save"
+                    " of the session rewrote its runs from an older copy)")
+            else:
+                by_rules[stored.session_id] = stored
+        # Each is a read of the session's runs: a backfill of an agno 2.3 database (every team session
+        # here) must not hold up the poll, so the rest wait for the next polls.
+        later = set(list(by_rules)[MAX_RULE_CHECKS:])
+        if by_rules:
+            await self._check_by_rules({sid: by_rules[sid] for sid in list(by_rules)[:MAX_RULE_CHECKS]}, ours,
+                                       disagreeing)
+        for sid in due:
+            if sid not in later:
+                self._session_checks.pop(sid, None)
+        if not disagreeing:
+            return
+        staged_box: list[Any] = []
+
+        def compute(newly: list[tuple[str, str, str]]) -> list[SeriesRow]:
+            staged = self.store.stage(
+                [Observation("agno_session_disagreements", (rt, nm), 1) for _, rt, nm in newly], now)
+            staged_box.append(staged)
+            return staged.rows()
+
+        await self.state.flag_disagreements(list(disagreeing), compute)
+        staged_box[-1].apply()
+        for sid, why in disagreeing.items():
+            log.debug("session %s: %s", sid, why)
+        examples = "; ".join(f"{sid} ({why})" for sid, why in list(disagreeing.items())[:EXAMPLES])
+        log.warning("%d sessions whose stored session_metrics disagree with their runs (exported totals come from"
+                    " the runs), e.g. %s; each is logged at DEBUG and shown by `agno-exporter sessions show ID`",
+                    len(disagreeing), examples)
+
+    async def _check_by_rules(self, stored: dict[str, SessionRecord], ours: dict[str, dict[str, Any]],
+                              disagreeing: dict[str, str]) -> None:
+        """What each session's totals should claim by the rules of the releases that saved its runs."""
+        for sid, record in stored.items():
+            runs: dict[str, SessionRun] = {}
+            try:
+                for row in await self.source.session_runs(sid):  # one run once, whichever table holds it
+                    run = build_session_run(row, row.get("run_data"))
+                    if run.final:
+                        runs[run.run_id] = run
+            except BadRow as exc:  # the run itself is counted as skipped where it is read
+                log.warning("session %s: a run is unreadable, the session is not compared: %s", sid, exc)
+                continue
+            expected = session_claim_tokens(list(runs.values()))
+            if record.claimed_tokens == expected:
+                log.debug("session %s: agno's stored totals leave out member runs, as the agno release that"
+                          " saved them does (%d tokens of %d)", sid, expected, ours[sid]["tokens"])
+                continue
+            summed = int(ours[sid]["tokens"])
+            rule = "" if expected == summed else f" (by the rules of the agno release that saved them: {expected})"
+            cause = ("lost updates: runs of the session ran concurrently" if record.claimed_tokens < expected else
+                     "tokens of runs agno did not store, e.g. the members of a team inside a team")
+            disagreeing[sid] = (f"agno's stored session_metrics claim {record.claimed_tokens} tokens, its runs sum"
+                                f" to {summed}{rule}; likely {cause}")
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def run(self, interval: float, max_backoff: float = 60.0,
+                  wake: asyncio.Event | None = None) -> None:
+        """Poll forever; on failure report down, back off (with jitter) and retry."""
+        failures = 0
+        told_state = False  # a state the role may not write is said once (it is counted every time)
+        while True:
+            t0 = time.perf_counter()
+            was_leader = self.leadership.is_leader
+            if not await self.leadership.check():
+                # standby: healthy, but neither counting nor exporting totals
+                self.ready = True
+                self.m.ready.set(1)
+                self.m.leader.set(0)
+                await asyncio.sleep(interval)
+                continue
+            self.m.leader.set(1)
+            if not was_leader and self.started:
+                self.started = False  # promoted: reload the state the old leader left
+            try:
+                result = await self.poll_once()
+            except (psycopg.Error, OSError) as exc:
+                failures += 1
+                reason = ("state" if isinstance(exc, StateNotWritable)
+                          else "database" if isinstance(exc, (psycopg.OperationalError, OSError)) else "query")
+                self.m.poll_errors.labels(reason).inc()
+                self.m.up.set(0)
+                # A commit may have succeeded without us hearing so: reload memory from the durable state.
+                self.started = False
+                self.ready = False
+                self.m.ready.set(0)
+                delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                self.last_failure = PollFailure(self.clock(), reason, str(exc).strip())
+                if reason != "state":
+                    log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, self.last_failure.message)
+                elif not told_state:
+                    told_state = True
+                    log.error("state: %s; retrying until it may", self.last_failure.message)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            told_state = False
+            self.m.poll_duration.observe(time.perf_counter() - t0)
+            self.m.up.set(1)
+            self.last_success = self.clock()
+            self.m.last_success.set(self.last_success)
+            self.ready = True
+            self.m.ready.set(1)
+            if result.counted or result.skipped:
+                log.info("poll: %d runs counted, %d skipped", result.counted, result.skipped)
+            if wake is None:
+                await asyncio.sleep(interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), interval)
+                wake.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class TopSessions(PromCollector):
+    """Exposes the collector's latest top-K sessions (refreshed every poll)."""
+
+    def __init__(self, collector: RunCollector) -> None:
+        self.collector = collector
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield from prom.top_sessions_metrics(self.collector.top)
+        yield from prom.open_runs_metrics(self.collector.open_runs, self.collector.opts.stuck_after)

@@ -1,0 +1,1 @@
+"""Probe agents: agent specs, the cron scheduler, the simulated model server."""

@@ -1,0 +1,1 @@
+"""Where records go: one package a sink, each behind exporter.sink.Sink."""

@@ -1,0 +1,117 @@
+"""The durable trace outbox: runs counted but not yet delivered as spans, kept in the state store.
+
+A run enters the outbox in the same transaction that counts it; the trace sink marks it exported
+only after the backend accepted its spans. Records are re-read from agno's table by run id, so the
+outbox holds ids, not spans, and memory stays bounded however long the backend is down. A run
+nested in another run's row (a workflow's step, see records.build_row_runs) is re-read through
+that row. A run with a parent waits until its parent is counted (at most ``hold`` seconds): a team
+member's span hangs under the team's tool call that started it, which only the team's row tells.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from exporter.ingest.readers import AgnoSource
+from exporter.records.runs import MAX_NESTING, BadRow, RowRuns, RunRecord, build_row_runs, delegating_tool, row_run_id
+from exporter.sinks.otel.traces import PendingTrace
+from exporter.state.store import PostgresState
+
+log = logging.getLogger("agno_exporter.traces")
+
+
+class StateOutbox:
+    def __init__(self, state: PostgresState, source: AgnoSource, with_content: bool = False,
+                 active: Callable[[], bool] = lambda: True, hold: float = 900.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.source = source
+        self.with_content = with_content
+        self.active = active  # with ha.enabled only the leader delivers spans
+        self.hold = hold  # the longest a run waits for its parent to be counted (collector.stuck_after)
+        self.clock = clock
+
+    async def pending(self, limit: int) -> Sequence[PendingTrace]:
+        if not self.active():
+            return []
+        counted = await self.state.pending_traces(limit, self.clock(), self.hold)
+        if counted:
+            await self.source.refresh()
+        refs: dict[str, str | None] = {}  # row run id -> session id
+        for c in counted:
+            refs.setdefault(c.row_run_id, c.session_id)
+            if c.parent_row_run_id:
+                refs.setdefault(c.parent_row_run_id, c.session_id)
+        rows: dict[str, RowRuns | BadRow] = {}
+        for row in await self.source.fetch_runs(list(refs.items())):
+            try:
+                rows[str(row_run_id(row))] = build_row_runs(row, row.get("run_data"), with_content=self.with_content)
+            except BadRow as exc:
+                rows[str(row_run_id(row))] = exc
+        tree = await self._tree([r for r in rows.values() if isinstance(r, RowRuns)])
+        out: list[PendingTrace] = []
+        gone: list[str] = []
+        for c in counted:
+            try:
+                record = _find(_held(rows, c.row_run_id), c.run_id)
+                if record is None:
+                    raise BadRow("run_gone", f"run {c.run_id} is no longer in the row of run {c.row_run_id}")
+                tool = None
+                parent = rows.get(c.parent_row_run_id or "")
+                if c.parent_run_id and isinstance(parent, RowRuns):
+                    team = _find(parent, c.parent_run_id)
+                    if team is not None and team.run_type == "team":
+                        tool = delegating_tool(team, record)
+                out.append(PendingTrace(record, c.root_run_id, tool, tree))
+            except BadRow as exc:
+                log.warning("no spans for run %s: %s", c.run_id, exc)
+                gone.append(c.run_id)
+        await self.state.mark_traces_exported(gone)
+        return out
+
+    async def _tree(self, held: Sequence[RowRuns]) -> dict[str, tuple[RunRecord, ...]]:
+        """run id -> the runs nested directly in it: what the rows hold nested, and the member runs of
+        teams that are rows of their own (rows of their own too, read by their parent)."""
+        tree: dict[str, dict[str, RunRecord]] = {}
+        for runs in held:
+            for record in runs.nested:
+                if record.parent_run_id:
+                    tree.setdefault(record.parent_run_id, {}).setdefault(record.run_id, record)
+        teams = [r.run for r in held if r.run.run_type == "team"]
+        for _ in range(MAX_NESTING):  # a member that is a team has members of its own
+            if not teams:
+                break
+            members = []
+            for row in await self.source.fetch_children([(t.run_id, t.session_id) for t in teams]):
+                try:
+                    members.append(build_row_runs(row, row.get("run_data"), with_content=self.with_content).run)
+                except BadRow:
+                    continue  # the member's own trace says so; its team's layout does without it
+            teams = []
+            for member in members:
+                if member.parent_run_id and member.run_id not in tree.setdefault(member.parent_run_id, {}):
+                    tree[member.parent_run_id][member.run_id] = member
+                    if member.run_type == "team":
+                        teams.append(member)
+        return {k: tuple(v.values()) for k, v in tree.items()}
+
+    async def mark_exported(self, run_ids: Sequence[str]) -> None:
+        await self.state.mark_traces_exported(run_ids)
+
+
+def _held(rows: dict[str, RowRuns | BadRow], row_id: str) -> RowRuns:
+    found = rows.get(row_id)
+    if found is None:
+        raise BadRow("row_gone", f"the row of run {row_id} was deleted from agno's table")
+    if isinstance(found, BadRow):
+        raise found
+    return found
+
+
+def _find(held: RowRuns, run_id: str) -> RunRecord | None:
+    for record in held.records:
+        if record.run_id == run_id:
+            return record
+    return None

@@ -1,0 +1,1 @@
+"""The Prometheus sink: metric families, the durable series store, exposition, prices."""

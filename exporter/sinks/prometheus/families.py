@@ -1,0 +1,273 @@
+"""The Prometheus sink: which families exist, what one run adds to them, and the self-metrics.
+
+Names follow the README's Metrics section: per model call and per tool call the OpenTelemetry GenAI
+semantic conventions (Prometheus spelling), per run and per session ``agno_``, about the exporter
+``agno_exporter_``. ``session_id``, ``user_id`` and ``run_id`` are never labels of these families;
+they go on spans (and the trace id on exemplars).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.records.runs import RunRecord, TokenUsage
+from exporter.sinks.prometheus.prices import PriceTable
+from exporter.sinks.prometheus.series import Family, Observation, SeriesStore, exponential, gauge
+
+TOKEN_BUCKETS = exponential(1, 4, 14)  # 1 .. 67108864
+DURATION_BUCKETS = exponential(0.01, 2, 14)  # 0.01 .. 81.92
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0)
+RUN_DURATION_BUCKETS = (*exponential(0.01, 2, 14), 163.84, 327.68, 655.36, 1310.72)
+
+_GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_agent_name")
+
+FAMILIES: tuple[Family, ...] = (
+    Family("agno_runs", "counter", "Finished agno runs, counted once when they reach a final status.",
+           ("run_type", "name", "status")),
+    Family("agno_tokens", "counter",
+           "Tokens used, summed from agno's stored run metrics (details by model role); "
+           "equals agno's own run totals.",
+           ("run_type", "name", "model", "provider", "model_role", "token_type")),
+    Family("agno_cost_usd", "counter",
+           "Cost in US dollars: as reported by the provider (source=reported) or estimated from the "
+           "price table (source=estimated).",
+           ("run_type", "name", "model", "provider", "source")),
+    Family("agno_cost_unpriced_runs", "counter",
+           "Runs with tokens of a model that has neither a reported cost nor a price in the price table.",
+           ("model", "provider")),
+    Family("agno_run_duration_seconds", "histogram", "Run duration as agno measured it.",
+           ("run_type", "name", "status"), RUN_DURATION_BUCKETS, "seconds"),
+    Family("agno_run_time_to_first_token_seconds", "histogram",
+           "Time to first token of a run as agno measured it: the first chunk of a streamed run "
+           "(stream=\"true\"), the whole first response of a non-streamed one (stream=\"false\").",
+           ("run_type", "name", "stream"), TTFT_BUCKETS, "seconds"),
+    Family("agno_model_calls", "counter",
+           "Model calls of runs, by the model, provider and model role (agno's details key) that made them.",
+           ("run_type", "name", "model", "provider", "model_role")),
+    Family("agno_tool_calls", "counter", "Tool calls executed by runs.", ("name", "tool")),
+    Family("agno_tool_call_errors", "counter", "Tool calls that agno marked as failed.", ("name", "tool")),
+    Family("agno_token_anomalies", "counter",
+           "Runs whose stored token numbers are inconsistent under their provider's meaning "
+           "(e.g. total != input + output), by kind and the model whose numbers they are.",
+           ("kind", "provider", "model")),
+    Family("agno_session_disagreements", "counter",
+           "Sessions whose totals stored by agno (session_metrics) disagree with the sum of their runs.",
+           ("run_type", "name")),
+    Family("agno_sessions", "counter", "Sessions seen for the first time (by the run type and name that opened them).",
+           ("run_type", "name")),
+    Family("gen_ai_client_token_usage", "histogram", "Tokens per model call (OpenTelemetry GenAI).",
+           (*_GENAI[:3], "gen_ai_token_type", "gen_ai_agent_name"), TOKEN_BUCKETS),
+    Family("gen_ai_client_operation_duration_seconds", "histogram",
+           "Duration of one model call (OpenTelemetry GenAI).", (*_GENAI, "error_type"),
+           DURATION_BUCKETS, "seconds"),
+    Family("gen_ai_server_time_to_first_token_seconds", "histogram",
+           "Time to first token of one streamed model call (OpenTelemetry GenAI); non-streamed calls are "
+           "in gen_ai_client_operation_duration_seconds only.", _GENAI, TTFT_BUCKETS, "seconds"),
+    Family("gen_ai_execute_tool_duration_seconds", "histogram",
+           "Duration of one tool call, exact as agno measured it.",
+           ("gen_ai_tool_name", "gen_ai_agent_name", "error_type"), DURATION_BUCKETS, "seconds"),
+)
+
+# Labels whose values come from a fixed set of ours or agno's: never folded into __other__.
+BOUNDED_LABELS = ("kind", "run_type", "status", "token_type", "gen_ai_token_type", "gen_ai_operation_name",
+                  "source", "error_type", "model_role", "stream")
+
+
+def new_store(label_value_limit: int) -> SeriesStore:
+    return SeriesStore(FAMILIES, label_value_limit, BOUNDED_LABELS)
+
+
+def observations(record: RunRecord, trace_id: str | None, prices: PriceTable | None = None) -> Iterator[Observation]:
+    """Everything one finished run adds to the persisted families."""
+    rt, name = record.run_type, record.name
+    yield Observation("agno_runs", (rt, name, record.status), 1)
+    for t in record.tokens:
+        yield Observation("agno_tokens", (rt, name, t.model, t.provider, t.model_role, t.token_type), t.count)
+    for a in record.anomalies:
+        yield Observation("agno_token_anomalies", (a.kind, a.provider, a.model), 1)
+    for c in record.costs:
+        yield Observation("agno_cost_usd", (rt, name, c.model, c.provider, "reported"), c.usd)
+    if prices is not None:
+        yield from _estimated_cost(record, prices)
+    if record.duration is not None:
+        yield Observation("agno_run_duration_seconds", (rt, name, record.status), record.duration, trace_id)
+    if record.time_to_first_token is not None:
+        yield Observation("agno_run_time_to_first_token_seconds", (rt, name, "true" if record.streamed else "false"),
+                          record.time_to_first_token, trace_id)
+    for call in record.model_calls:
+        yield Observation("agno_model_calls", (rt, name, call.model, call.provider, call.model_role), 1)
+        base = ("chat", call.provider, call.model)
+        for ttype, n in (("input", call.input_tokens), ("output", call.output_tokens)):
+            if n:
+                yield Observation("gen_ai_client_token_usage", (*base, ttype, name), n, trace_id)
+        if call.duration is not None:
+            yield Observation("gen_ai_client_operation_duration_seconds", (*base, name, ""), call.duration,
+                              trace_id)
+        # OpenTelemetry GenAI: time to first chunk "SHOULD be reported for streaming calls and SHOULD
+        # NOT be reported otherwise"; agno stores a non-streamed call's whole duration as its TTFT.
+        if call.streamed and call.time_to_first_token is not None:
+            yield Observation("gen_ai_server_time_to_first_token_seconds", (*base, name),
+                              call.time_to_first_token, trace_id)
+    for tool in record.tool_calls:
+        yield Observation("agno_tool_calls", (name, tool.name), 1)
+        if tool.error:
+            yield Observation("agno_tool_call_errors", (name, tool.name), 1)
+        if tool.duration is not None:
+            yield Observation("gen_ai_execute_tool_duration_seconds",
+                              (tool.name, name, "ToolCallError" if tool.error else ""), tool.duration, trace_id)
+
+
+def _estimated_cost(record: RunRecord, prices: PriceTable) -> Iterator[Observation]:
+    """Estimate the cost of each model's tokens that no reported cost covers."""
+    reported = {(c.model, c.provider) for c in record.costs}
+    per_model: dict[tuple[str, str], list[TokenUsage]] = {}
+    for t in record.tokens:
+        if (t.model, t.provider) not in reported:
+            per_model.setdefault((t.model, t.provider), []).append(t)
+    for (model, provider), usages in per_model.items():
+        usd = prices.estimate(usages)
+        if usd is None:
+            yield Observation("agno_cost_unpriced_runs", (model, provider), 1)
+        elif usd > 0:
+            yield Observation("agno_cost_usd", (record.run_type, record.name, model, provider, "estimated"), usd)
+
+
+def cost_of(observations: Iterable[Observation]) -> tuple[float, float]:
+    """(reported, estimated) US dollars among one run's observations: what it adds to
+    ``agno_cost_usd_total``. The session figures (``agno_session_top_cost_usd``) sum these, so a
+    session's cost always equals its runs' exported cost, whatever the price table does."""
+    reported = estimated = 0.0
+    for o in observations:
+        if o.family == "agno_cost_usd":
+            if o.labels[-1] == "reported":
+                reported += o.value
+            else:
+                estimated += o.value
+    return reported, estimated
+
+
+def new_session_observations(new_sessions: Iterable[tuple[str, str]]) -> Iterator[Observation]:
+    for run_type, name in new_sessions:
+        yield Observation("agno_sessions", (run_type, name), 1)
+
+
+class SelfMetrics:
+    """The exporter's own health, on the registry it is given (never the global one)."""
+
+    def __init__(self, registry: CollectorRegistry, agno_version: str) -> None:
+        r = registry
+        Info("agno_exporter_build", "Build information.", registry=r).info(
+            {"version": __version__, "agno_version": agno_version, "python_version": platform.python_version()}
+        )
+        self.up = Gauge("agno_exporter_up", "1 when the last poll of agno's database succeeded.", registry=r)
+        self.leader = Gauge("agno_exporter_leader",
+                            "1 on the replica that collects (always 1 without ha.enabled), 0 on standbys.",
+                            registry=r)
+        self.ready = Gauge("agno_exporter_ready", "1 once a first poll succeeded and the database is reachable.",
+                           registry=r)
+        self.poll_duration = Histogram("agno_exporter_poll_duration_seconds", "Duration of one poll.",
+                                       buckets=exponential(0.001, 2, 16), registry=r)
+        self.last_success = Gauge("agno_exporter_last_success_timestamp_seconds",
+                                  "When the last poll succeeded (unix time).", registry=r)
+        self.poll_errors = Counter("agno_exporter_poll_errors", "Polls that failed.", ["reason"], registry=r)
+        self.runs_collected = Counter("agno_exporter_runs_collected", "Runs collected and counted.",
+                                      ["run_type"], registry=r)
+        self.rows_skipped = Counter("agno_exporter_rows_skipped", "Rows skipped as malformed, by reason.",
+                                    ["reason"], registry=r)
+        self.rows_sanitized = Counter("agno_exporter_rows_sanitized",
+                                      "Rows whose label values had to be cleaned, by reason.", ["reason"],
+                                      registry=r)
+        self.lag = Histogram("agno_exporter_lag_seconds",
+                             "Seconds between a run's last update in agno and its export.",
+                             buckets=exponential(0.05, 2, 16), registry=r)
+        self.lookback_clamped = Counter(
+            "agno_exporter_lookback_clamped",
+            "Polls where a transaction that may write agno's runs was older than collector.max_lookback "
+            "(runs it commits with older stamps may be missed).",
+            registry=r)
+        self.watermark = Gauge("agno_exporter_cursor_low_watermark_seconds",
+                               "The collector's low watermark (unix time): runs updated after it are re-checked.",
+                               registry=r)
+        for reason in ("database", "query", "state"):
+            self.poll_errors.labels(reason)
+
+
+class TablesRead(Collector):
+    """``agno_exporter_tables``: how many agno tables the collector reads, 0 when it found none.
+
+    The signal for "connected, healthy, but nothing to read" (a schema typo, an app's custom
+    session_table under an explicit one): ``/readyz`` stays 200 then, since a sidecar must be ready
+    before its app writes agno's tables. Absent until the first discovery.
+    """
+
+    def __init__(self, tables: Callable[[], Mapping[str, int] | None]) -> None:
+        self.tables = tables
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.tables()
+        if counts is None:
+            return
+        yield gauge("agno_exporter_tables",
+                    "agno tables read at the last discovery: runs tables (layout=v3) and session tables whose"
+                    " runs column holds agno 2.x runs (layout=v2); 0 when none was found in database.schema.",
+                    ["layout"], [((layout,), n) for layout, n in sorted(counts.items())])
+
+
+class StoreStats(Collector):
+    """Self-metrics derived from the series store at scrape time."""
+
+    def __init__(self, store: SeriesStore) -> None:
+        self.store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        yield gauge("agno_exporter_series", "Series held per metric family.", ["metric"],
+                    [((name,), len(self.store.series(name))) for name in self.store.families])
+        folded = self.store.limiter.folded
+        from prometheus_client.core import CounterMetricFamily
+
+        c = CounterMetricFamily("agno_exporter_label_values_folded",
+                                "Observations whose label value was folded into __other__ (cap reached).",
+                                labels=["metric", "label"])
+        for (metric, label), n in sorted(folded.items()):
+            c.add_metric([metric, label], n)
+        yield c
+
+
+def open_runs_metrics(rows: Sequence[tuple[str, str, str, int, int, float]], stuck_after: float) -> Iterator[Metric]:
+    """Runs agno has not finished: in progress, stuck (older than collector.stuck_after), oldest age."""
+    labels = ["run_type", "name", "status"]
+    yield gauge("agno_runs_in_progress", "Runs PENDING or RUNNING in agno's table at the last poll.", labels,
+                [((rt, nm, st), n) for rt, nm, st, n, _, _ in rows])
+    yield gauge("agno_runs_stuck", f"Runs PENDING or RUNNING for longer than {stuck_after:g}s "
+                "(collector.stuck_after) at the last poll.", labels,
+                [((rt, nm, st), stuck) for rt, nm, st, _, stuck, _ in rows])
+    yield gauge("agno_runs_oldest_in_progress_age_seconds",
+                "Age of the oldest PENDING or RUNNING run (since its creation) at the last poll.", labels,
+                [((rt, nm, st), age) for rt, nm, st, _, _, age in rows])
+
+
+def top_sessions_metrics(rows: Sequence[tuple[str, str, str, int, float, float]]) -> Iterator[Metric]:
+    """The K sessions with the most tokens: rank, session id, their tokens, and their cost by source."""
+    labels = ["rank", "session_id", "run_type", "name"]
+    yield gauge("agno_session_top_tokens", "Tokens of the K sessions with the most tokens in the window "
+                "(sum of their runs, member runs included).", labels,
+                (((str(i + 1), sid, rt, nm), tok) for i, (sid, rt, nm, tok, _, _) in enumerate(rows)))
+    yield gauge("agno_session_top_cost_usd", "Cost in USD of the same K sessions: the sum of their runs' "
+                "agno_cost_usd_total, by the same source (reported by the provider, or estimated from the price "
+                "table); sum without (source) for the total.", [*labels, "source"],
+                (((str(i + 1), sid, rt, nm, source), usd)
+                 for i, (sid, rt, nm, _, reported, estimated) in enumerate(rows)
+                 for source, usd in (("reported", reported), ("estimated", estimated))))
