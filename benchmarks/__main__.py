@@ -28,7 +28,6 @@ from . import freshness, scrape
 from .capture import capture, describe
 from .generate import Generator, load
 from .harness import Result
-from .pg import use_test_support
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,8 +97,7 @@ def _k(n: int) -> str:
 
 
 def run(plan: Plan, log: Any) -> tuple[dict[str, Result], dict[str, Any]]:
-    use_test_support()
-    from support import PgServer
+    from tests.helpers.support import PgServer
 
     server = PgServer()
     url = server.create_database()

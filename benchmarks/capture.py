@@ -21,8 +21,6 @@ from exporter.config import AgentSpec, ModelSpec, TeamSpec
 from exporter.probes.agents import LlmTarget, build_agent, build_team, close_models, quiet_agno_logs, runner_models
 from exporter.probes.simllm import SimSettings, start_server
 
-from .pg import use_test_support
-
 # (runner, prompt, streamed, runs in one session). Model ids are ones the simulated server serves.
 _AGENTS = {
     "StockAgent": AgentSpec(name="StockAgent", model=ModelSpec(id="gpt-4o-mini"), tools=("calculator",)),
@@ -56,8 +54,7 @@ class Captured:
 
 
 async def _run_scenarios(db_url: str) -> None:
-    use_test_support()
-    from agno_app import AgnoApp
+    from tests.helpers.agno_app import AgnoApp
 
     quiet_agno_logs(logging.CRITICAL)
     sim = await start_server(SimSettings(ttft=0.002, ttft_jitter=0.0, per_token=0.0, cached_fraction=0.25, seed=7))

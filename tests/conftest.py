@@ -1,15 +1,11 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from agno2_support import agno2_python  # noqa: F401  (fixture: the agno 2.9 virtualenv's python)
-from support import PgServer
+from tests.helpers.agno2_support import agno2_python  # noqa: F401  (fixture: the agno 2.9 virtualenv's python)
+from tests.helpers.support import PgServer
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +26,8 @@ def db_url(pg_server: PgServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sim_url() -> Iterator[str]:
     """The project's simulated OpenAI-compatible model, on a loop of its own for the whole session."""
-    from support import ThreadLoop
-
     from exporter.probes.simllm import SimSettings, start_server
+    from tests.helpers.support import ThreadLoop
 
     loop = ThreadLoop()
     server = loop.run(start_server(SimSettings(ttft=0.03, per_token=0.001, seed=7)))

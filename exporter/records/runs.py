@@ -920,7 +920,7 @@ def build_run_record(
 
 # What agno's stored session totals (session_data.session_metrics) add up changed twice for team
 # sessions; agent sessions add each run's metrics in every release. Checked by running each release
-# (tests/test_agno_releases.py) and in agno's source:
+# (tests/releases/test_agno_releases.py) and in agno's source:
 #   agno 2.1.0-2.3.4  recomputed at every save from the messages of every run stored in the session,
 #                     member runs included (Team._update_session_metrics); a team run's metrics are
 #                     stored whole (dataclass asdict: zeros, "timer": null), the totals with

@@ -1,0 +1,1 @@
+"""End to end: the exporter, Prometheus, agno apps or the benchmarks as processes."""

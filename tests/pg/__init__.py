@@ -1,0 +1,1 @@
+"""Tests against a real Postgres (embedded unless DATABASE_URL), in process."""

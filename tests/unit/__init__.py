@@ -1,0 +1,1 @@
+"""Pure tests: no Postgres, no processes."""
