@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.cron import cron_trigger  # the parser the scheduler uses (0 or 7 = Sunday)
+
 ENV_PREFIX = "AGNO_EXPORTER_"
 DEFAULT_LISTEN = "0.0.0.0:9477"
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
@@ -276,8 +278,6 @@ class JobSpec(_Strict):
         if self.interval is not None and self.interval < 0.1:
             raise ValueError("interval must be at least 100ms")
         if self.cron is not None:
-            from exporter.probes.scheduler import cron_trigger  # the same parser the scheduler uses (0 or 7 = Sunday)
-
             try:
                 cron_trigger(self.cron)
             except ValueError as exc:

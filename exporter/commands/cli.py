@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from exporter.config import COMMON_SETTINGS, ENV_PREFIX, ConfigError, Settings, load_settings
+from exporter.commands.common import settings_from_args as _settings
+from exporter.commands.common import setup_logging
+from exporter.config import COMMON_SETTINGS, ENV_PREFIX, ConfigError, Settings
 
 log = logging.getLogger("agno_exporter")
 
@@ -36,55 +37,6 @@ examples:
 
 Settings come from a YAML file (-c), environment variables and flags (flags win).
 Run 'agno-exporter COMMAND --help' for a command's flags."""
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log.format == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log.level.upper())
-    for noisy in ("httpx", "httpx2", "apscheduler.executors.default", "apscheduler.scheduler",
-                  "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-# flag -> its argparse dest and (section, key) of the setting it overrides
-_FLAG_SETTINGS: dict[str, tuple[str, str, str]] = {
-    **{flag: (flag[2:].replace("-", "_"), section, key) for flag, (section, key, _) in COMMON_SETTINGS.items()},
-    "--web.config.file": ("web_config_file", "web", "config_file"),
-}
-
-
-def _overrides(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
-    """The flags given -> settings overrides, and which flag set each (for error messages)."""
-    out: dict[str, dict[str, Any]] = {}
-    origins: dict[tuple[str, str], str] = {}
-    for flag, (dest, section, key) in _FLAG_SETTINGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            out.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
-            origins[(section, key)] = flag
-    return out, origins
-
-
-def _settings(args: argparse.Namespace, extra: dict[str, dict[str, Any]] | None = None) -> Settings:
-    overrides, origins = _overrides(args)
-    for section, values in (extra or {}).items():
-        overrides.setdefault(section, {}).update(values)
-    return load_settings(args.config, overrides=overrides, override_origins=origins)
 
 
 async def _until_signal() -> None:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from exporter.commands.common import settings_from_args, setup_logging
 from exporter.commands.service import metric_value
 from exporter.commands.stack import Stack, metrics_url, start_stack
 from exporter.config import Settings
@@ -78,9 +79,7 @@ def _quiet_logs() -> None:
 
 
 def _settings(args: argparse.Namespace, extra: dict[str, dict[str, Any]]) -> Settings:
-    from exporter.commands.cli import _settings as cli_settings  # the CLI's own flags -> overrides logic
-
-    return cli_settings(args, extra)
+    return settings_from_args(args, extra)  # the CLI's own flags -> overrides logic
 
 
 @dataclass(frozen=True)
@@ -165,8 +164,6 @@ async def run_demo(args: argparse.Namespace, until_signal: Callable[[], Awaitabl
     flaky: SimServer | None = None
     stack: Stack | None = None
     try:
-        from exporter.commands.cli import setup_logging
-
         settings = _settings(args, {})
         setup_logging(settings)
         if settings.log.level != "debug":

@@ -22,12 +22,16 @@ from prometheus_client.registry import Collector as PromCollector
 
 from exporter.config import ConfigError, Settings, parse_listen
 from exporter.db import ConnectOptions, Database, redact
-from exporter.ingest.collector import CollectorOptions, RunCollector, TopSessions
+from exporter.ingest.collector import CollectorOptions, RunCollector
 from exporter.ingest.leader import Leadership
 from exporter.ingest.readers import AgnoSource
 from exporter.records.runs import RunRecord
+from exporter.sink import Sinks
+from exporter.sinks.otel.sink import OtelSink
 from exporter.sinks.prometheus import families as prom
 from exporter.sinks.prometheus.prices import Price, PriceTable
+from exporter.sinks.prometheus.sink import PrometheusSink
+from exporter.sinks.prometheus.topsessions import TopSessions
 from exporter.state.store import PostgresState
 from exporter.web.app import Health, Status, bound_port, build_app, serve
 from exporter.web.config import WebConfig, load_web_config
@@ -102,8 +106,13 @@ class Service:
         self.agno_span_sink: Any = None
         self.span_poller: Any = None
         self.forwarding_dbs: tuple[Database, ...] = ()
+        prices = PriceTable({k.lower(): Price(p.input, p.output, p.cached_input, p.cache_write)
+                             for k, p in s.metrics.prices.items()}, defaults=s.metrics.default_prices)
+        # The sinks, peers: Prometheus series counted in the state transaction, spans queued in the state's
+        # outbox by the same transaction and delivered by the trace sink (woken here).
+        self.sinks = Sinks([PrometheusSink(self.store, prices), OtelSink(self._committed)])
         self.collector = RunCollector(
-            self.source, self.state, self.store, self.metrics,
+            self.source, self.state, self.sinks, self.metrics,
             CollectorOptions(
                 batch_size=s.collector.batch_size, clock_skew=s.collector.clock_skew,
                 max_lookback=s.collector.max_lookback, backfill=s.collector.backfill,
@@ -111,12 +120,7 @@ class Service:
                 with_content=s.traces.capture_content,
                 stuck_after=s.collector.stuck_after,
                 session_settle=s.collector.session_check_delay,
-                prices=PriceTable(
-                    {k.lower(): Price(p.input, p.output, p.cached_input, p.cache_write)
-                     for k, p in s.metrics.prices.items()},
-                    defaults=s.metrics.default_prices),
             ),
-            on_commit=self._committed,
             leadership=Leadership(
                 Database(ConnectOptions(state_url, s.database.application_name + "-leader",
                                         s.database.statement_timeout, s.database.connect_timeout))

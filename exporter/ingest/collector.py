@@ -25,16 +25,15 @@ import gc
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector as PromCollector
 
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.leader import Leadership
+from exporter.ingest.metrics import CollectorMetrics
 from exporter.ingest.readers import AgnoSource, Reader
 from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.ids import trace_id_hex
@@ -49,9 +48,9 @@ from exporter.records.runs import (
     row_run_id,
     session_claim_tokens,
 )
-from exporter.sinks.prometheus import families as prom
-from exporter.sinks.prometheus.prices import PriceTable
-from exporter.sinks.prometheus.series import Observation, SeriesRow, SeriesStore
+from exporter.retry import poll_backoff
+from exporter.sink import Sink
+from exporter.state.rows import TopSession
 from exporter.state.store import PostgresState, StateNotWritable
 
 log = logging.getLogger("agno_exporter.collector")
@@ -79,12 +78,22 @@ class CollectorOptions:
     # only this often (so an idle poll stays cheap; a session leaves the window at most this late).
     top_sessions_refresh: float = 60.0
     with_content: bool = False
-    prices: PriceTable | None = None
     stuck_after: float = 900.0
     # agno writes a session's totals after the run's row; compare only once they have had time to settle
     session_settle: float = 5.0
     max_pending_session_checks: int = 10_000
     cursor_save_interval: float = 10.0
+
+
+class OpenRuns(NamedTuple):
+    """Runs agno has not finished, of one (run_type, name, status), at the last poll."""
+
+    run_type: str
+    name: str
+    status: str
+    n: int  # PENDING or RUNNING
+    stuck: int  # of them, older than collector.stuck_after
+    oldest_age: float  # seconds since the oldest one was created
 
 
 @dataclass
@@ -183,24 +192,33 @@ class RunCollector:
         self,
         source: AgnoSource,
         state: PostgresState,
-        store: SeriesStore,
-        metrics: prom.SelfMetrics,
+        sink: Sink,
+        metrics: CollectorMetrics,
         options: CollectorOptions,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[Sequence[RunRecord]], None] | None = None,
         leadership: Leadership | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rng: random.Random | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """``sink``: where counted runs go (:class:`exporter.sink.Sinks` for several); ``clock``: unix seconds;
+        ``timer``: seconds for durations; ``sleep`` and ``rng``: the loop's waits and its backoff's jitter;
+        ``on_commit``: called with the runs each commit counted, after the sinks were told."""
         self.leadership = leadership or Leadership(None, 0, "")
         self.source = source
         self.state = state
-        self.store = store
+        self.sink = sink
         self.m = metrics
         self.opts = options
         self.clock = clock
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.timer = timer
         self.on_commit = on_commit
         self.watermarks: dict[str, Watermark] = {}  # per reader (agno 3.x table, 2.x column)
-        self.top: list[tuple[str, str, str, int, float, float]] = []
-        self.open_runs: list[tuple[str, str, str, int, int, float]] = []  # type, name, status, n, stuck, age
+        self.top: list[TopSession] = []
+        self.open_runs: list[OpenRuns] = []
         self.started = False
         self.ready = False
         self.last_success: float | None = None  # unix time of the last successful poll
@@ -219,10 +237,11 @@ class RunCollector:
             raise StateNotWritable(self.state.schema, str(exc)) from None
         self.watermarks.clear()
         self._cursor_saved.clear()
-        self.store.load(await self.state.load_series())
+        rows = await self.state.load_series()
+        self.sink.restore(rows)
         await self.source.refresh(force=True)
         self.started = True
-        log.info("state loaded: %d series", self.store.series_count())
+        log.info("state loaded: %d series", len(rows))
         _settle_heap()
 
     def _window_log(self, reader: Reader) -> WindowLog:
@@ -288,8 +307,8 @@ class RunCollector:
             self._top_at = snap.now
         await self._check_sessions(snap.now)
         self.open_runs = [
-            (r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
-             max(0.0, snap.now - float(r["oldest"] or snap.now)))
+            OpenRuns(r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
+                     max(0.0, snap.now - float(r["oldest"] or snap.now)))
             for r in await self.source.open_runs(snap.now, self.opts.stuck_after)
         ]
         return result
@@ -438,22 +457,11 @@ class RunCollector:
         """Count ``records`` in one state transaction, then (only then) update memory and self-metrics."""
         roots = loaded.roots
         trace_ids = {r.run_id: trace_id_hex(roots.get(r.run_id, r.run_id)) for r in records}
-        staged_box: list[Any] = []
-        # Built before the transaction: a session's cost is summed from the very cost observations
-        # that go to agno_cost_usd_total (estimates included), and the transaction stays short.
-        per_run = {r.run_id: list(prom.observations(r, trace_ids[r.run_id], self.opts.prices)) for r in records}
-        costs = {run_id: prom.cost_of(obs) for run_id, obs in per_run.items()}
-
-        def compute(fresh: list[RunRecord], new_sessions: list[tuple[str, str]]) -> list[SeriesRow]:
-            obs: list[Observation] = [o for rec in fresh for o in per_run[rec.run_id]]
-            obs.extend(prom.new_session_observations(new_sessions))
-            staged = self.store.stage(obs, now)
-            staged_box.append(staged)
-            return staged.rows()
-
-        batch = await self.state.commit_batch(records, roots, skipped, now, compute, loaded.in_table,
-                                              costs=costs)
-        staged_box[-1].apply()  # only after the commit: memory never runs ahead of the state
+        prepared = self.sink.prepare(records, trace_ids)  # before the transaction, so that it stays short
+        batch = await self.state.commit_batch(
+            records, roots, skipped, now, lambda fresh, new_sessions: prepared.stage(fresh, new_sessions, now),
+            loaded.in_table, costs=prepared.costs)
+        batch.staged.apply()  # only after the commit: memory never runs ahead of the state
         for rec in batch.new_records:
             self.m.runs_collected.labels(rec.run_type).inc()
             self.m.lag.observe(max(0.0, now - rec.updated_at))
@@ -475,8 +483,10 @@ class RunCollector:
                 self._session_checks[rec.session_id] = now
         result.counted += len(batch.new_records)
         result.skipped += len(batch.new_skipped)
-        if self.on_commit and batch.new_records:
-            self.on_commit(batch.new_records)
+        if batch.new_records:
+            self.sink.published(batch.new_records)
+            if self.on_commit:
+                self.on_commit(batch.new_records)
 
     @staticmethod
     def _note_anomalies(rec: RunRecord, result: PollResult) -> None:
@@ -556,16 +566,9 @@ class RunCollector:
                 self._session_checks.pop(sid, None)
         if not disagreeing:
             return
-        staged_box: list[Any] = []
-
-        def compute(newly: list[tuple[str, str, str]]) -> list[SeriesRow]:
-            staged = self.store.stage(
-                [Observation("agno_session_disagreements", (rt, nm), 1) for _, rt, nm in newly], now)
-            staged_box.append(staged)
-            return staged.rows()
-
-        await self.state.flag_disagreements(list(disagreeing), compute)
-        staged_box[-1].apply()
+        staged = await self.state.flag_disagreements(
+            list(disagreeing), lambda newly: self.sink.stage_disagreements(newly, now))
+        staged.apply()
         for sid, why in disagreeing.items():
             log.debug("session %s: %s", sid, why)
         examples = "; ".join(f"{sid} ({why})" for sid, why in list(disagreeing.items())[:EXAMPLES])
@@ -602,18 +605,19 @@ class RunCollector:
 
     async def run(self, interval: float, max_backoff: float = 60.0,
                   wake: asyncio.Event | None = None) -> None:
-        """Poll forever; on failure report down, back off (with jitter) and retry."""
+        """Poll forever; on failure report down, back off (:func:`exporter.retry.poll_backoff`) and retry."""
+        backoff = poll_backoff(interval, max_backoff, self.rng)
         failures = 0
         told_state = False  # a state the role may not write is said once (it is counted every time)
         while True:
-            t0 = time.perf_counter()
+            t0 = self.timer()
             was_leader = self.leadership.is_leader
             if not await self.leadership.check():
                 # standby: healthy, but neither counting nor exporting totals
                 self.ready = True
                 self.m.ready.set(1)
                 self.m.leader.set(0)
-                await asyncio.sleep(interval)
+                await self.sleep(interval)
                 continue
             self.m.leader.set(1)
             if not was_leader and self.started:
@@ -630,18 +634,18 @@ class RunCollector:
                 self.started = False
                 self.ready = False
                 self.m.ready.set(0)
-                delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                delay = backoff.delay(failures)
                 self.last_failure = PollFailure(self.clock(), reason, str(exc).strip())
                 if reason != "state":
                     log.error("poll failed (%s), retrying in %.1fs: %s", reason, delay, self.last_failure.message)
                 elif not told_state:
                     told_state = True
                     log.error("state: %s; retrying until it may", self.last_failure.message)
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 continue
             failures = 0
             told_state = False
-            self.m.poll_duration.observe(time.perf_counter() - t0)
+            self.m.poll_duration.observe(self.timer() - t0)
             self.m.up.set(1)
             self.last_success = self.clock()
             self.m.last_success.set(self.last_success)
@@ -650,7 +654,7 @@ class RunCollector:
             if result.counted or result.skipped:
                 log.info("poll: %d runs counted, %d skipped", result.counted, result.skipped)
             if wake is None:
-                await asyncio.sleep(interval)
+                await self.sleep(interval)
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), interval)
@@ -659,17 +663,3 @@ class RunCollector:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-class TopSessions(PromCollector):
-    """Exposes the collector's latest top-K sessions (refreshed every poll)."""
-
-    def __init__(self, collector: RunCollector) -> None:
-        self.collector = collector
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
-
-    def collect(self) -> Iterator[Metric]:
-        yield from prom.top_sessions_metrics(self.collector.top)
-        yield from prom.open_runs_metrics(self.collector.open_runs, self.collector.opts.stuck_after)

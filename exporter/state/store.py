@@ -31,7 +31,7 @@ from psycopg import sql
 
 from exporter.db import Database
 from exporter.records.runs import RunRecord
-from exporter.sinks.prometheus.series import SeriesRow
+from exporter.state.rows import SeriesRow, Staged, StageDisagreements, StageRuns, TopSession
 
 SCHEMA_VERSION = 1
 ANALYZE_MIN_ROWS = 1000  # growth below this never triggers an ANALYZE
@@ -78,15 +78,12 @@ class Counted:
 class BatchResult:
     new_records: list[RunRecord]
     new_sessions: list[tuple[str, str]]  # (run_type, name) of sessions seen for the first time
+    staged: Staged  # what the sinks made of the batch: apply it (the commit is done)
     # (run id, reason) of the skips recorded by this batch: a skip already recorded (by an earlier
     # process or a replica) is not in it, so each skip is counted and logged once
     new_skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-# Called inside the batch transaction with what was really new; returns the series rows to write.
-Compute = Callable[[list[RunRecord], list[tuple[str, str]]], Sequence[SeriesRow]]
-# Called inside the transaction with the (session_id, run_type, name) newly found disagreeing.
-Compute2 = Callable[[list[tuple[str, str, str]]], Sequence[SeriesRow]]
 
 
 class PostgresState:
@@ -263,7 +260,7 @@ class PostgresState:
             )
             return {r["run_id"]: r["root_run_id"] for r in await cur.fetchall()}
 
-    async def top_sessions(self, since: float, limit: int) -> list[tuple[str, str, str, int, float, float]]:
+    async def top_sessions(self, since: float, limit: int) -> list[TopSession]:
         """The ``limit`` sessions with most tokens seen since ``since``: (session id, run type, name,
         tokens, reported cost, estimated cost)."""
         if limit <= 0:
@@ -276,7 +273,7 @@ class PostgresState:
                 ),
                 (self.source, since, limit),
             )
-            return [(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"], r["estimated_cost"])
+            return [TopSession(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"], r["estimated_cost"])
                     for r in await cur.fetchall()]
 
     async def sessions_by_id(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -290,8 +287,9 @@ class PostgresState:
             )
             return {r["session_id"]: r for r in await cur.fetchall()}
 
-    async def flag_disagreements(self, session_ids: Sequence[str], compute: Compute2) -> None:
-        """Mark sessions as disagreeing and write the counter series in the same transaction."""
+    async def flag_disagreements(self, session_ids: Sequence[str], stage: StageDisagreements) -> Staged:
+        """Mark sessions as disagreeing and write what ``stage`` makes of the newly marked ones in the same
+        transaction; returns that, to apply once this returned (the commit is done)."""
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self._q("UPDATE {s}.sessions SET disagreement = true WHERE source = %s AND session_id = ANY(%b)"
@@ -299,8 +297,9 @@ class PostgresState:
                 (self.source, list(session_ids)),
             )
             newly = [(r["session_id"], r["run_type"], r["name"]) for r in await cur.fetchall()]
-            rows = compute(newly)
-            await self._write_series(conn, rows)
+            staged = stage(newly)
+            await self._write_series(conn, staged.rows())
+        return staged
 
     async def session_totals(self, session_id: str) -> dict[str, Any] | None:
         async with self.db.transaction() as conn:
@@ -318,11 +317,12 @@ class PostgresState:
         roots: dict[str, str],
         skipped: Sequence[tuple[str, str]],
         now: float,
-        compute: Compute,
+        stage: StageRuns,
         in_table: set[str] | None = None,
         costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> BatchResult:
-        """Count ``records`` (and mark ``skipped`` (run_id, reason) as seen) in one transaction.
+        """Count ``records`` (and mark ``skipped`` (run_id, reason) as seen) in one transaction, with the rows
+        of what ``stage`` makes of the runs really counted (see :mod:`exporter.state.rows`).
 
         ``records`` hold each run id once. ``in_table`` are the ids of those that have a row of their
         own in agno's table (all of them when None): only those count towards a session's number of
@@ -389,11 +389,11 @@ class PostgresState:
             fresh = [r for r in records if r.run_id in new_ids]
             taken_back = [r for r in records if r.run_id in from_rows]
             new_sessions = await self._sessions(conn, fresh, now, costs or {}, in_table, taken_back)
-            rows = compute(fresh, new_sessions)
-            await self._write_series(conn, rows)
+            staged = stage(fresh, new_sessions)
+            await self._write_series(conn, staged.rows())
         await self._grew("runs", len(new_ids) + len(new_skipped))
         await self._grew("sessions", len(new_sessions))
-        return BatchResult(fresh, new_sessions, new_skipped)
+        return BatchResult(fresh, new_sessions, staged, new_skipped)
 
     async def _write_series(self, conn: psycopg.AsyncConnection[dict[str, Any]], rows: Sequence[SeriesRow]) -> None:
         if not rows:

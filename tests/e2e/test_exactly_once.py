@@ -18,6 +18,7 @@ from exporter.db import ConnectOptions, Database
 from exporter.ingest.collector import CollectorOptions, RunCollector
 from exporter.ingest.readers import AgnoSource
 from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.sink import PrometheusSink
 from exporter.state.store import PostgresState
 from tests.helpers.agno_app import AgnoApp
 from tests.helpers.scrape import Samples
@@ -29,7 +30,8 @@ def make_collector(db_url: str, rediscover: float = 300.0, **opts: Any) -> RunCo
     source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions",
                         rediscover=rediscover)
     state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", source.key)
-    return RunCollector(source, state, prom.new_store(300), prom.SelfMetrics(CollectorRegistry(), "test"),
+    return RunCollector(source, state, PrometheusSink(prom.new_store(300)),
+                        prom.SelfMetrics(CollectorRegistry(), "test"),
                         CollectorOptions(**opts))
 
 
@@ -39,11 +41,11 @@ async def close(c: RunCollector) -> None:
 
 
 def exported_tokens(c: RunCollector) -> int:
-    return int(sum(s.total for s in c.store.series("agno_tokens").values()))
+    return int(sum(s.total for s in c.sink.store.series("agno_tokens").values()))
 
 
 def exported_runs(c: RunCollector) -> int:
-    return int(sum(s.total for s in c.store.series("agno_runs").values()))
+    return int(sum(s.total for s in c.sink.store.series("agno_runs").values()))
 
 
 async def write_runs(db_url: str, sim_url: str, n: int) -> None:

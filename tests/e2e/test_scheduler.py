@@ -29,6 +29,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry
 
 from exporter.config import ConfigError, JobSpec, load_settings
+from exporter.cron import _crontab_dow, cron_trigger
 from exporter.probes.agents import (
     LlmTarget,
     RunnerFactory,
@@ -37,7 +38,7 @@ from exporter.probes.agents import (
     build_runner,
     choose_llm,
 )
-from exporter.probes.scheduler import _crontab_dow, cron_trigger, make_trigger, planned_firings
+from exporter.probes.scheduler import make_trigger, planned_firings
 from tests.helpers.sched_support import (
     FakeRunners,
     job,

@@ -21,6 +21,7 @@ from exporter.db import ConnectOptions, Database
 from exporter.ingest.collector import CollectorOptions, RunCollector
 from exporter.ingest.readers import AgnoSource
 from exporter.sinks.prometheus import families as prom
+from exporter.sinks.prometheus.sink import PrometheusSink
 from exporter.state.store import PostgresState
 from tests.e2e.test_exactly_once import close, multiply_runs, write_runs
 from tests.helpers.agno_app import AgnoApp
@@ -41,7 +42,8 @@ class StepClock:
 def collector(db_url: str, clock: StepClock, **opts: Any) -> RunCollector:
     source = AgnoSource(Database(ConnectOptions(db_url, read_only=True)), "ai", "agno_runs", "agno_sessions")
     state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", source.key)
-    return RunCollector(source, state, prom.new_store(300), prom.SelfMetrics(CollectorRegistry(), "test"),
+    return RunCollector(source, state, PrometheusSink(prom.new_store(300)),
+                        prom.SelfMetrics(CollectorRegistry(), "test"),
                         CollectorOptions(**opts), clock=clock)
 
 
@@ -117,7 +119,7 @@ def test_disagreeing_sessions_are_summarised_once_a_poll(db_url: str, sim_url: s
             await c.poll_once()
             await c.poll_once()
             await c.poll_once()
-            got = {s.labels["name"]: s.value for m in c.store.collect() for s in m.samples
+            got = {s.labels["name"]: s.value for m in c.sink.store.collect() for s in m.samples
                    if s.name == "agno_session_disagreements_total"}
             assert got == {"BackgroundMetricsAgent": 5}
         finally:

@@ -23,9 +23,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter.commands.show import show_run
 from exporter.config import load_settings
 from exporter.db import ConnectOptions, Database
-from exporter.ingest.collector import RunCollector, TopSessions
+from exporter.ingest.collector import RunCollector
 from exporter.ingest.source import RunsSource
 from exporter.records.runs import TOKEN_FIELDS, build_row_runs
+from exporter.sinks.prometheus.topsessions import TopSessions
 from tests.e2e.test_exactly_once import close, make_collector
 from tests.helpers.agno_app import AgnoApp, get_stock_price
 from tests.helpers.scrape import Samples
@@ -45,7 +46,7 @@ def step_team(app: AgnoApp) -> Team:
 
 def samples(c: RunCollector) -> Samples:
     registry = CollectorRegistry()
-    registry.register(c.store)
+    registry.register(c.sink.store)
     registry.register(TopSessions(c))
     return Samples(generate_latest(registry).decode())
 

@@ -101,7 +101,7 @@ def test_agno2_workflow_steps_are_counted(db_url: str, sim_url: str, agno2_pytho
             # agno's workflow session totals: its run's metrics.steps (the team's leader, one Loop run)
             assert ours["agno_tokens"] == sm["input_tokens"] + sm["output_tokens"] < ours["tokens"]
             registry = CollectorRegistry()
-            registry.register(c.store)
+            registry.register(c.sink.store)
             return Samples(generate_latest(registry).decode())
         finally:
             await close(c)

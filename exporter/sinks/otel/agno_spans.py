@@ -37,7 +37,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.source import Snapshot, SpanCandidate, SpansSource
+from exporter.retry import poll_backoff
 from exporter.sinks.otel.traces import span_from_agno_row
 from exporter.state.store import PostgresState
 
@@ -137,7 +138,11 @@ class SpanPoller:
         active: Callable[[], bool] = lambda: True,
         on_queued: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
+        self.sleep = sleep
+        self.rng = rng or random.Random()  # the backoff's jitter
         self.source = source
         self.state = state  # bound to source.key: its cursor row is this table's
         self.opts = options
@@ -219,12 +224,14 @@ class SpanPoller:
         return len(new)
 
     async def run(self, interval: float, max_backoff: float = 60.0) -> None:
-        """Poll forever while this replica leads; on failure back off (with jitter) and retry."""
+        """Poll forever while this replica leads; on failure back off (:func:`exporter.retry.poll_backoff`)
+        and retry."""
+        backoff = poll_backoff(interval, max_backoff, self.rng)
         failures = 0
         while True:
             if not self.active():
                 self.started = False  # on promotion, reload the cursor the old leader left
-                await asyncio.sleep(interval)
+                await self.sleep(interval)
                 continue
             try:
                 await self.poll_once()
@@ -233,11 +240,11 @@ class SpanPoller:
                 reason = "database" if isinstance(exc, (psycopg.OperationalError, OSError)) else "query"
                 self.poll_errors.labels(reason).inc()
                 self.started = False
-                delay = min(max_backoff, interval * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0)
+                delay = backoff.delay(failures)
                 log.error("polling %s failed (%s), retrying in %.1fs: %s", self.source.key, reason, delay,
                           str(exc).strip())
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 continue
             failures = 0
-            await asyncio.sleep(interval)
+            await self.sleep(interval)
 

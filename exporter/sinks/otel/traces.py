@@ -108,6 +108,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from exporter import __version__
 from exporter.records.ids import span_id_for, trace_id_for
 from exporter.records.runs import ModelCall, RunRecord, ToolCall, delegating_tool
+from exporter.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -783,21 +784,19 @@ class TraceSink:
     ) -> None:
         if batch_size < 1 or max_spans_per_export < 1 or drop_after_rejections < 1:
             raise ValueError("batch_size, max_spans_per_export and drop_after_rejections must be >= 1")
-        if not 0 < min_backoff <= max_backoff:
-            raise ValueError("need 0 < min_backoff <= max_backoff")
         self._outbox = outbox
         self._exporter = exporter
         self._resource = resource
         self._batch_size = batch_size
-        self._max_backoff = max_backoff
-        self._min_backoff = min_backoff
+        if not 0 < min_backoff <= max_backoff:
+            raise ValueError("need 0 < min_backoff <= max_backoff")
+        self._backoff_policy = Backoff(min_backoff, max_backoff, rng=rng or random.Random())
         self._capture_content = capture_content
         self._clock = clock
         self._sleep = sleep
         self._max_spans = max_spans_per_export
         self._poll_interval = poll_interval
         self._drop_after = drop_after_rejections
-        self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -846,7 +845,7 @@ class TraceSink:
                 result = _Pass.FAILED
             if result is _Pass.FAILED:
                 failures += 1
-                delay = self._backoff(failures)
+                delay = self._backoff_policy.delay(failures)
                 log.warning("span export failed %d time(s) in a row; retrying in %.2fs", failures, delay)
                 await self._sleep(delay)
                 continue
@@ -860,10 +859,6 @@ class TraceSink:
         """One pass over at most ``batch_size`` pending entries; returns how many were exported."""
         exported, _ = await self._pass()
         return exported
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._max_backoff, self._min_backoff * 2.0 ** min(failures - 1, 62))
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)  # "equal jitter": never zero
 
     async def _pass(self) -> tuple[int, _Pass]:
         async with self._lock:  # run() and flush_once() (shutdown) must never export concurrently

@@ -16,9 +16,11 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.ingest.collector import OpenRuns
 from exporter.records.runs import RunRecord, TokenUsage
 from exporter.sinks.prometheus.prices import PriceTable
 from exporter.sinks.prometheus.series import Family, Observation, SeriesStore, exponential, gauge
+from exporter.state.rows import TopSession
 
 TOKEN_BUCKETS = exponential(1, 4, 14)  # 1 .. 67108864
 DURATION_BUCKETS = exponential(0.01, 2, 14)  # 0.01 .. 81.92
@@ -246,7 +248,7 @@ class StoreStats(Collector):
         yield c
 
 
-def open_runs_metrics(rows: Sequence[tuple[str, str, str, int, int, float]], stuck_after: float) -> Iterator[Metric]:
+def open_runs_metrics(rows: Sequence[OpenRuns], stuck_after: float) -> Iterator[Metric]:
     """Runs agno has not finished: in progress, stuck (older than collector.stuck_after), oldest age."""
     labels = ["run_type", "name", "status"]
     yield gauge("agno_runs_in_progress", "Runs PENDING or RUNNING in agno's table at the last poll.", labels,
@@ -259,7 +261,7 @@ def open_runs_metrics(rows: Sequence[tuple[str, str, str, int, int, float]], stu
                 [((rt, nm, st), age) for rt, nm, st, _, _, age in rows])
 
 
-def top_sessions_metrics(rows: Sequence[tuple[str, str, str, int, float, float]]) -> Iterator[Metric]:
+def top_sessions_metrics(rows: Sequence[TopSession]) -> Iterator[Metric]:
     """The K sessions with the most tokens: rank, session id, their tokens, and their cost by source."""
     labels = ["rank", "session_id", "run_type", "name"]
     yield gauge("agno_session_top_tokens", "Tokens of the K sessions with the most tokens in the window "

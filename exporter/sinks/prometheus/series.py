@@ -12,7 +12,6 @@ memory never runs ahead of what is durable.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
 from exporter.sinks.prometheus.exposition import Encoder, LazyFamily, encode, encoder_key
+from exporter.state.rows import SeriesRow
 
 OTHER = "__other__"
 
@@ -65,21 +65,6 @@ class Observation(NamedTuple):
     labels: tuple[str, ...]
     value: float
     trace_id: str | None = None  # exemplar
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesRow:
-    """A series as the state store keeps it."""
-
-    family: str
-    labels: tuple[str, ...]
-    total: float
-    count: int
-    buckets: tuple[int, ...]
-
-    @property
-    def key(self) -> str:
-        return json.dumps(self.labels, ensure_ascii=False)
 
 
 class LabelLimiter:
@@ -154,10 +139,7 @@ class Staged:
         ]
 
     def apply(self) -> None:
-        for (fam, labels), series in self._changed.items():
-            self._store._data[fam][labels] = series
-        self._store.limiter.commit(self._limits)
-        self._store.version += 1
+        self._store.commit(self._changed, self._limits)
 
 
 class SeriesStore(Collector):
@@ -193,6 +175,13 @@ class SeriesStore(Collector):
             n += 1
         self.version += 1
         return n
+
+    def commit(self, changed: dict[tuple[str, tuple[str, ...]], Series], limits: LimiterDelta) -> None:
+        """Make a staged batch visible (:meth:`Staged.apply`, after the state committed it)."""
+        for (fam, labels), series in changed.items():
+            self._data[fam][labels] = series
+        self.limiter.commit(limits)
+        self.version += 1
 
     def stage(self, observations: Iterable[Observation], now: float | None = None) -> Staged:
         changed: dict[tuple[str, tuple[str, ...]], Series] = {}
