@@ -34,7 +34,7 @@ import psycopg
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.leader import Leadership
 from exporter.ingest.metrics import CollectorMetrics
-from exporter.ingest.readers import AgnoSource, Reader
+from exporter.ingest.readers import Reader, Source
 from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.ids import trace_id_hex
 from exporter.records.runs import (
@@ -190,7 +190,7 @@ class RunCollector:
 
     def __init__(
         self,
-        source: AgnoSource,
+        source: Source,
         state: PostgresState,
         sink: Sink,
         metrics: CollectorMetrics,

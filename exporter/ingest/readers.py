@@ -61,6 +61,45 @@ class Reader(Protocol):
     async def backfill_size(self) -> tuple[int | None, str]: ...
 
 
+class Source(Protocol):
+    """What the collector reads agno through (:class:`AgnoSource` over Postgres; a test may hold rows in memory).
+
+    Rows are agno's, as dicts of its columns (``run_data`` parsed); refs are
+    (run id, session id or None). Times are unix seconds of the database clock."""
+
+    async def refresh(self, force: bool = False) -> list[Reader]:
+        """The readers of the tables to read now (rediscovered when ``force`` or due)."""
+        ...
+
+    async def snapshot(self) -> Snapshot:
+        """The database time and the writers of every watched table (:mod:`exporter.ingest.cursor`)."""
+        ...
+
+    async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
+        """Which of the runs have a row of their own."""
+        ...
+
+    async def ancestors(self, refs: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+        """run id -> the id of its trace's root run."""
+        ...
+
+    async def open_runs(self, now: float, stuck_after: float) -> list[dict[str, Any]]:
+        """Unfinished runs by run_type, name, status: n, stuck (older than ``stuck_after``), oldest."""
+        ...
+
+    async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """session id -> (finished runs, unfinished runs) agno holds."""
+        ...
+
+    async def sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """agno's session rows."""
+        ...
+
+    async def session_runs(self, session_id: str) -> list[dict[str, Any]]:
+        """The rows of a session's runs, each run once."""
+        ...
+
+
 class AgnoSource:
     """The runs of one agno database schema: every agno table in it (or only the configured ones).
 
