@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.exposition import generate_latest as text
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
 
-from exporter.records.runs import build_run_record
+from exporter.records.parse import build_run_record
 from exporter.sinks.prometheus import families as prom
 from exporter.sinks.prometheus.exposition import render
 from exporter.sinks.prometheus.series import Observation, SeriesStore

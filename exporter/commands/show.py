@@ -20,14 +20,12 @@ from typing import TextIO
 from exporter.config import Settings
 from exporter.db import ConnectOptions, Database
 from exporter.ingest.readers import AgnoSource
-from exporter.records.runs import (
+from exporter.records.nesting import build_row_runs
+from exporter.records.parse import build_run_record
+from exporter.records.runs import BadRow, RunRecord, SessionRun
+from exporter.records.sessions import (
     AGNO_TOKEN_FIELDS,
-    BadRow,
-    RunRecord,
-    SessionRun,
     StoredMetrics,
-    build_row_runs,
-    build_run_record,
     build_session_record,
     build_session_run,
     counted_in_session_totals,

@@ -37,17 +37,10 @@ from exporter.ingest.metrics import CollectorMetrics
 from exporter.ingest.readers import Reader, Source
 from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.ids import trace_id_hex
-from exporter.records.runs import (
-    BadRow,
-    RunRecord,
-    SessionRecord,
-    SessionRun,
-    build_row_runs,
-    build_session_record,
-    build_session_run,
-    row_run_id,
-    session_claim_tokens,
-)
+from exporter.records.nesting import build_row_runs
+from exporter.records.parse import row_run_id
+from exporter.records.runs import BadRow, RunRecord, SessionRecord, SessionRun
+from exporter.records.sessions import build_session_record, build_session_run, session_claim_tokens
 from exporter.retry import poll_backoff
 from exporter.sink import Sink
 from exporter.state.rows import TopSession

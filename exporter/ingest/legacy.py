@@ -32,7 +32,8 @@ from exporter.ingest.source import (
     group_open_runs,
     identity_projection,
 )
-from exporter.records.runs import FINAL_STATUSES, run_identity
+from exporter.records.parse import run_identity
+from exporter.records.runs import FINAL_STATUSES
 
 _FINAL = sorted(FINAL_STATUSES)
 _OPEN = ["PENDING", "RUNNING"]
@@ -201,7 +202,7 @@ class LegacySource:
 
     async def open_runs(self, now: float, stuck_after: float, window: float, limit: int = 1000) -> list[dict[str, Any]]:
         """PENDING/RUNNING runs in sessions saved within ``window``, grouped like RunsSource.open_runs
-        (by agno's names and ids in SQL, then by label, :func:`exporter.records.runs.run_identity`: the runs
+        (by agno's names and ids in SQL, then by label, :func:`exporter.records.parse.run_identity`: the runs
         of unnamed agents, one id per instance, add up under one label).
 
         Finding them means reading the arrays, so only recently saved sessions are looked at: a run

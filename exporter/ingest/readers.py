@@ -35,7 +35,7 @@ from exporter.ingest.source import (
     read_sessions,
     take_snapshot,
 )
-from exporter.records.runs import row_run_id
+from exporter.records.parse import row_run_id
 
 log = logging.getLogger("agno_exporter.source")
 

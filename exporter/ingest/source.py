@@ -26,7 +26,8 @@ from typing import Any
 from psycopg import sql
 
 from exporter.db import Database
-from exporter.records.runs import FINAL_STATUSES, IDENTITY_KEYS, run_identity
+from exporter.records.parse import IDENTITY_KEYS, run_identity
+from exporter.records.runs import FINAL_STATUSES
 
 _FINAL = sorted(FINAL_STATUSES)
 
@@ -258,7 +259,7 @@ RUN_DATA_PROJECTION = _projection("d", _NESTED)
 
 
 def identity_projection(column: str) -> sql.Composed:
-    """The :data:`~exporter.records.runs.IDENTITY_KEYS` of a run's JSON in ``column``, as one small object."""
+    """The :data:`~exporter.records.parse.IDENTITY_KEYS` of a run's JSON in ``column``, as one small object."""
     return sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
         sql.SQL("{}, {}->{}").format(sql.Literal(k), sql.SQL(column), sql.Literal(k)) for k in IDENTITY_KEYS))
 
@@ -393,7 +394,7 @@ class RunsSource:
         agno indexes ``status``, so this reads only the open runs, whatever the table size. Their
         names live in run_data; a run's name never changes, so it is read once per run (and forgotten
         when the run is no longer open): polls read no JSON unless a new run has started. ``name`` is
-        the label (:func:`exporter.records.runs.run_label`).
+        the label (:func:`exporter.records.values.run_label`).
         """
         async with self.db.statement() as conn:
             cur = await conn.execute(

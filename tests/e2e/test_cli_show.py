@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from agno.metrics import ModelMetrics, RunMetrics
 
-from exporter.records.runs import AGNO_TOKEN_FIELDS
+from exporter.records.sessions import AGNO_TOKEN_FIELDS
 from tests.helpers.agno_app import AgnoApp
 from tests.helpers.cli_support import cli, one_line_error
 from tests.helpers.support import free_port

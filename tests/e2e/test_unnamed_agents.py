@@ -23,7 +23,8 @@ import pytest
 from agno.agent import Agent
 from agno.team import Team
 
-from exporter.records.runs import TOKEN_FIELDS, UNNAMED, run_label
+from exporter.records.runs import TOKEN_FIELDS, UNNAMED
+from exporter.records.values import run_label
 from tests.helpers.agno_app import AgnoApp, get_stock_price
 from tests.helpers.scrape import Samples, scrape_text, scrape_until
 from tests.helpers.support import sqlalchemy_url

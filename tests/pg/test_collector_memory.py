@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry
 from exporter.db import ConnectOptions, Database
 from exporter.ingest.collector import CollectorOptions, RunCollector
 from exporter.ingest.source import Candidate, Page, Snapshot
-from exporter.records.runs import RunRecord, build_row_runs
+from exporter.records.nesting import build_row_runs
+from exporter.records.runs import RunRecord
 from exporter.sink import NothingStaged, Sinks
 from exporter.sinks.prometheus import families as prom
 from exporter.sinks.prometheus.sink import PrometheusSink

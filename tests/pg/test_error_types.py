@@ -18,7 +18,8 @@ from agno.agent import Agent
 from agno.db.postgres import PostgresDb
 from agno.models.openai import OpenAIChat
 
-from exporter.records.runs import RunRecord, build_run_record
+from exporter.records.parse import build_run_record
+from exporter.records.runs import RunRecord
 from tests.helpers.provider_servers import (
     AnthropicServer,
     GeminiServer,
@@ -151,7 +152,7 @@ def test_gemini_errors(db_url: str, loop: ThreadLoop) -> None:
 
 
 def test_status_codes_are_read_only_where_a_format_puts_them() -> None:
-    from exporter.records.runs import classify_error
+    from exporter.records.values import classify_error
 
     assert classify_error("COMPLETED", "Error code: 500") is None
     assert classify_error("CANCELLED", "anything") == "Cancelled"

@@ -23,7 +23,9 @@ from agno.session.summary import SessionSummaryManager
 from pydantic import BaseModel
 
 from exporter.probes.simllm import SimSettings, start_server
-from exporter.records.runs import TOKEN_FIELDS, RunRecord, build_run_record, provider_name
+from exporter.records.parse import build_run_record
+from exporter.records.runs import TOKEN_FIELDS, RunRecord
+from exporter.records.values import provider_name
 from exporter.sinks.prometheus.prices import PriceTable
 from tests.helpers.provider_servers import AnthropicServer, GeminiServer, Reply, claude_model, gemini_model
 from tests.helpers.scrape import Samples, scrape_text

@@ -25,7 +25,8 @@ from exporter.config import load_settings
 from exporter.db import ConnectOptions, Database
 from exporter.ingest.collector import RunCollector
 from exporter.ingest.source import RunsSource
-from exporter.records.runs import TOKEN_FIELDS, build_row_runs
+from exporter.records.nesting import build_row_runs
+from exporter.records.runs import TOKEN_FIELDS
 from exporter.sinks.prometheus.topsessions import TopSessions
 from tests.e2e.test_exactly_once import close, make_collector
 from tests.helpers.agno_app import AgnoApp, get_stock_price

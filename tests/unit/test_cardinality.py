@@ -14,7 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from exporter.records.runs import RunRecord, build_run_record
+from exporter.records.parse import build_run_record
+from exporter.records.runs import RunRecord
 from exporter.sinks.prometheus import families as prom
 from exporter.sinks.prometheus.series import OTHER, Observation, SeriesRow, SeriesStore
 from tests.helpers.reference import runs_v3

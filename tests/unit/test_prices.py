@@ -6,7 +6,8 @@ import copy
 
 import pytest
 
-from exporter.records.runs import TokenUsage, build_run_record
+from exporter.records.parse import build_run_record
+from exporter.records.runs import TokenUsage
 from exporter.sinks.prometheus import families as prom
 from exporter.sinks.prometheus.prices import DEFAULT_PRICES, PRICES_AS_OF, Price, PriceTable
 from tests.helpers.reference import runs_v3

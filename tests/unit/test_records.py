@@ -8,18 +8,11 @@ from typing import Any
 
 import pytest
 
-from exporter.records.runs import (
-    MAX_RUN_SECONDS,
-    MAX_RUN_TOKENS,
-    MAX_RUN_USD,
-    MAX_TIMESTAMP,
-    BadRow,
-    TokenAnomaly,
-    build_row_runs,
-    build_run_record,
-    build_session_record,
-    provider_name,
-)
+from exporter.records.nesting import build_row_runs
+from exporter.records.parse import build_run_record
+from exporter.records.runs import BadRow, TokenAnomaly
+from exporter.records.sessions import build_session_record
+from exporter.records.values import MAX_RUN_SECONDS, MAX_RUN_TOKENS, MAX_RUN_USD, MAX_TIMESTAMP, provider_name
 from tests.helpers.reference import runs_v3, sessions_v2, sessions_v3
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from exporter.records.runs import BadRow, SessionRun, build_session_record, build_session_run, session_claim_tokens
+from exporter.records.runs import BadRow, SessionRun
+from exporter.records.sessions import build_session_record, build_session_run, session_claim_tokens
 from tests.helpers.reference import MATRIX_RELEASES, matrix_runs, matrix_sessions
 
 

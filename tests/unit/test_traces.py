@@ -23,7 +23,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from exporter.records.ids import span_id_for, trace_id_for
-from exporter.records.runs import RunRecord, TokenAnomaly, build_run_record, delegating_tool
+from exporter.records.nesting import delegating_tool
+from exporter.records.parse import build_run_record
+from exporter.records.runs import RunRecord, TokenAnomaly
 from exporter.sinks.otel.traces import (
     PendingTrace,
     TraceSink,

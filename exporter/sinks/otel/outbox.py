@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from exporter.ingest.readers import AgnoSource
-from exporter.records.runs import MAX_NESTING, BadRow, RowRuns, RunRecord, build_row_runs, delegating_tool, row_run_id
+from exporter.records.nesting import MAX_NESTING, RowRuns, build_row_runs, delegating_tool
+from exporter.records.parse import row_run_id
+from exporter.records.runs import BadRow, RunRecord
 from exporter.sinks.otel.traces import PendingTrace
 from exporter.state.store import PostgresState
 

@@ -29,7 +29,7 @@ the model call that requested it has ended, so it cannot be inside that call's s
 to the requesting call is kept as a span link (and ``gen_ai.tool.call.id``). A run with a parent
 is in the root run's trace: a workflow step's run under the workflow's span, a team member's run
 under the ``execute_tool`` span of the team's delegation call that started it
-(:func:`exporter.records.runs.delegating_tool`), else under its parent run's span.
+(:func:`exporter.records.nesting.delegating_tool`), else under its parent run's span.
 
 Timing layout (what agno stores and how spans are placed)
 ---------------------------------------------------------
@@ -107,7 +107,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from exporter import __version__
 from exporter.records.ids import span_id_for, trace_id_for
-from exporter.records.runs import ModelCall, RunRecord, ToolCall, delegating_tool
+from exporter.records.nesting import delegating_tool
+from exporter.records.runs import ModelCall, RunRecord, ToolCall
 from exporter.retry import Backoff
 
 log = logging.getLogger(__name__)
