@@ -159,7 +159,7 @@ class Service:
             failure = replace(failure, message=redact(redact(failure.message, url), state_url))
         backlog = agno_backlog = None
         if s.traces_enabled and self.trace_sink is not None:
-            from exporter.sinks.otel.traces import ORIGIN_AGNO_TRACING, ORIGIN_RUNS
+            from exporter.sinks.otel.delivery import ORIGIN_AGNO_TRACING, ORIGIN_RUNS
 
             backlog = round(metric_value(self.delivery_metrics.backlog(ORIGIN_RUNS)))
             if self.agno_span_sink is not None:
@@ -216,8 +216,10 @@ class Service:
         await sink.run()
 
     def _trace_sink(self) -> Any:
+        from exporter.sinks.otel.delivery import DeliveryMetrics, TraceSink
+        from exporter.sinks.otel.exporters import make_span_exporter
         from exporter.sinks.otel.outbox import StateOutbox
-        from exporter.sinks.otel.traces import DeliveryMetrics, TraceSink, make_resource, make_span_exporter
+        from exporter.sinks.otel.traces import make_resource
 
         t = self.settings.traces
         self.delivery_metrics = DeliveryMetrics(self.registry)
@@ -248,7 +250,9 @@ class Service:
         origin="agno_tracing"), each on its own connections since they run concurrently."""
         from exporter.ingest.source import SpansSource
         from exporter.sinks.otel.agno_spans import PollerOptions, SpanOutbox, SpanPoller
-        from exporter.sinks.otel.traces import ORIGIN_AGNO_TRACING, TraceSink, make_resource, make_span_exporter
+        from exporter.sinks.otel.delivery import ORIGIN_AGNO_TRACING, TraceSink
+        from exporter.sinks.otel.exporters import make_span_exporter
+        from exporter.sinks.otel.traces import make_resource
 
         s, t = self.settings, self.settings.traces
         poll_db, poll_state_db, send_db, send_state_db = (

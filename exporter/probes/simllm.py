@@ -53,7 +53,7 @@ __all__ = [
     "start_server",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.simllm")  # the name it had before the package had subpackages
 
 FAILURE_KINDS: Final = frozenset({"429", "500", "timeout", "malformed", "context", "401", "403", "404", "503"})
 # OpenAI's answers for the other error kinds: status, message, type, code (OpenAI's wording).

@@ -26,16 +26,11 @@ from exporter.records.ids import span_id_for, trace_id_for
 from exporter.records.nesting import delegating_tool
 from exporter.records.parse import build_run_record
 from exporter.records.runs import RunRecord, TokenAnomaly
-from exporter.sinks.otel.traces import (
-    PendingTrace,
-    TraceSink,
-    build_spans,
-    epoch_ns,
-    layout_run,
-    make_resource,
-    make_span_exporter,
-    span_from_agno_row,
-)
+from exporter.sinks.otel.agno_rows import span_from_agno_row
+from exporter.sinks.otel.delivery import PendingTrace, TraceSink
+from exporter.sinks.otel.exporters import make_span_exporter
+from exporter.sinks.otel.layout import epoch_ns, layout_run
+from exporter.sinks.otel.traces import build_spans, make_resource
 from tests.helpers.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.helpers.reference import runs_v3
 

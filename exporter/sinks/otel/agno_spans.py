@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, Counter
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.source import Snapshot, SpanCandidate, SpansSource
 from exporter.retry import poll_backoff
-from exporter.sinks.otel.traces import span_from_agno_row
+from exporter.sinks.otel.agno_rows import span_from_agno_row
 from exporter.state.store import PostgresState
 
 log = logging.getLogger("agno_exporter.agno_spans")

@@ -18,7 +18,7 @@ from exporter.ingest.readers import AgnoSource
 from exporter.records.nesting import MAX_NESTING, RowRuns, build_row_runs, delegating_tool
 from exporter.records.parse import row_run_id
 from exporter.records.runs import BadRow, RunRecord
-from exporter.sinks.otel.traces import PendingTrace
+from exporter.sinks.otel.delivery import PendingTrace
 from exporter.state.store import PostgresState
 
 log = logging.getLogger("agno_exporter.traces")
