@@ -11,8 +11,9 @@ import psycopg
 
 from exporter.config import Settings
 from exporter.db import ConnectOptions, Database, redact
+from exporter.ingest.discovery import discover
 from exporter.ingest.readers import nothing_to_read
-from exporter.ingest.source import SpansSource, discover
+from exporter.ingest.spans_table import SpansTable
 from exporter.state.store import PostgresState
 
 LAYOUT_READS = {"v3": "only the runs table", "v2": "only the legacy runs column", "mixed": "both"}
@@ -83,7 +84,7 @@ async def _tracing_tables(settings: Settings, db: Database) -> tuple[str, str]:
     """Whether agno's own tracing tables exist. Missing is not a failure: agno creates them when its
     tracing first writes, and the forwarder waits for them."""
     d = settings.database
-    spans = SpansSource(db, d.schema_name, d.spans_table, d.traces_table)
+    spans = SpansTable(db, d.schema_name, d.spans_table, d.traces_table)
     found = await spans.tables()
     forwarding = settings.traces.forward_agno_spans
     if d.spans_table in found:

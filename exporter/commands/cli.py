@@ -103,7 +103,7 @@ async def _runs_tables(settings: Settings) -> list[str]:
     runs_table names one); the configured name when none is found, so the error names it."""
     from exporter.commands.service import database_url
     from exporter.db import ConnectOptions, Database
-    from exporter.ingest.source import discover
+    from exporter.ingest.discovery import discover
 
     d = settings.database
     if d.tables_explicit:

@@ -248,7 +248,7 @@ class Service:
     def _agno_span_forwarding(self) -> tuple[Any, Any, PostgresState]:
         """agno's own spans: a poller that queues them and a sink of their own (same delivery path,
         origin="agno_tracing"), each on its own connections since they run concurrently."""
-        from exporter.ingest.source import SpansSource
+        from exporter.ingest.spans_table import SpansTable
         from exporter.sinks.otel.agno_spans import PollerOptions, SpanOutbox, SpanPoller
         from exporter.sinks.otel.delivery import ORIGIN_AGNO_TRACING, TraceSink
         from exporter.sinks.otel.exporters import make_span_exporter
@@ -260,8 +260,8 @@ class Service:
         self.forwarding_dbs = (poll_db, poll_state_db, send_db, send_state_db)
         leader = self.collector.leadership
 
-        def source(db: Database) -> SpansSource:
-            return SpansSource(db, s.database.schema_name, s.database.spans_table, s.database.traces_table)
+        def source(db: Database) -> SpansTable:
+            return SpansTable(db, s.database.schema_name, s.database.spans_table, s.database.traces_table)
 
         key = source(poll_db).key  # names this table's cursor row and queue in the state
         poller = SpanPoller(

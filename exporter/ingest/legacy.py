@@ -40,7 +40,7 @@ _OPEN = ["PENDING", "RUNNING"]
 _MAX_DEPTH = 32
 
 
-class LegacySource:
+class LegacyTable:
     """Runs inside ``<schema>.<session_table>.runs`` (agno 2.x), optionally deferring to a runs table."""
 
     def __init__(self, db: Database, schema: str, sessions_table: str, runs_table: str | None) -> None:
@@ -201,7 +201,7 @@ class LegacySource:
         return out
 
     async def open_runs(self, now: float, stuck_after: float, window: float, limit: int = 1000) -> list[dict[str, Any]]:
-        """PENDING/RUNNING runs in sessions saved within ``window``, grouped like RunsSource.open_runs
+        """PENDING/RUNNING runs in sessions saved within ``window``, grouped like RunsTable.open_runs
         (by agno's names and ids in SQL, then by label, :func:`exporter.records.parse.run_identity`: the runs
         of unnamed agents, one id per instance, add up under one label).
 

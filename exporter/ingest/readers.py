@@ -1,7 +1,7 @@
 """One agno database schema, whatever its tables: which readers it needs and how their answers merge.
 
-agno 3.x keeps a row per run in a runs table (:class:`~exporter.ingest.source.RunsSource`); agno 2.x keeps
-them in the session table's ``runs`` column (:class:`~exporter.ingest.legacy.LegacySource`); a database
+agno 3.x keeps a row per run in a runs table (:class:`~exporter.ingest.source.RunsTable`); agno 2.x keeps
+them in the session table's ``runs`` column (:class:`~exporter.ingest.legacy.LegacyTable`); a database
 half-migrated to 3.x has both, and then the runs table wins for a run id found in both. A database
 often holds several apps' tables (``PostgresDb(session_table=...)`` names them), so every agno
 table of the schema is found by its columns and read by a reader of its own, with its own cursor.
@@ -23,18 +23,10 @@ from typing import Any, Protocol
 
 from exporter.config import DatabaseSettings
 from exporter.db import Database
-from exporter.ingest.legacy import LegacySource
-from exporter.ingest.source import (
-    Layout,
-    Page,
-    RunsSource,
-    Snapshot,
-    TablePair,
-    discover,
-    group_open_runs,
-    read_sessions,
-    take_snapshot,
-)
+from exporter.ingest.discovery import Layout, TablePair, discover
+from exporter.ingest.legacy import LegacyTable
+from exporter.ingest.runs_table import RunsTable, read_sessions
+from exporter.ingest.source import Page, Snapshot, group_open_runs, take_snapshot
 from exporter.records.parse import row_run_id
 
 log = logging.getLogger("agno_exporter.source")
@@ -127,8 +119,8 @@ class AgnoSource:
         # every schema's, looked at now and then while nothing is read here: where agno's data is
         self.everywhere: Layout | None = None
         self.pairs: tuple[TablePair, ...] = ()  # the pairs being read
-        self._runs: list[RunsSource] = []
-        self._legacy: list[LegacySource] = []
+        self._runs: list[RunsTable] = []
+        self._legacy: list[LegacyTable] = []
         self._initial: set[str] | None = None  # reader keys found by the first discovery
         self._checked = float("-inf")
         self._warned = float("-inf")
@@ -162,17 +154,17 @@ class AgnoSource:
         self._checked = self.clock()
         layout = await self.discover()
         old = {r.key: r for r in self.readers}
-        runs: list[RunsSource] = []
-        legacy: list[LegacySource] = []
+        runs: list[RunsTable] = []
+        legacy: list[LegacyTable] = []
         for pair, read_runs, read_legacy in self._pairs(layout):
             if read_runs and pair.runs_table:
                 r = old.get(f"{self.schema}.{pair.runs_table}")  # keeps its cache of open runs' names
-                runs.append(r if isinstance(r, RunsSource) and r.sessions_table == pair.sessions_table
-                            else RunsSource(self.db, self.schema, pair.runs_table, pair.sessions_table))
+                runs.append(r if isinstance(r, RunsTable) and r.sessions_table == pair.sessions_table
+                            else RunsTable(self.db, self.schema, pair.runs_table, pair.sessions_table))
             if read_legacy and pair.sessions_table and all(x.key != f"{self.schema}.{pair.sessions_table}.runs"
                                                            for x in legacy):
                 # Mid-migration the legacy reader leaves out run ids its runs table has (the runs table wins).
-                legacy.append(LegacySource(self.db, self.schema, pair.sessions_table,
+                legacy.append(LegacyTable(self.db, self.schema, pair.sessions_table,
                                            pair.runs_table if read_runs else None))
         self._runs, self._legacy = runs, legacy
         self.pairs = tuple(p for p, _, _ in self._pairs(layout))

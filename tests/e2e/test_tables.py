@@ -24,8 +24,8 @@ from agno.agent import Agent
 from agno.team import Team
 
 from exporter.db import ConnectOptions, Database
+from exporter.ingest.discovery import FoundTable, Layout, TablePair, pair_tables
 from exporter.ingest.readers import AgnoSource, nothing_to_read
-from exporter.ingest.source import FoundTable, Layout, TablePair, pair_tables
 from tests.helpers.agno_app import AgnoApp
 from tests.helpers.scrape import Samples, scrape_text, scrape_until
 from tests.helpers.support import PgServer, exporter_cmd

@@ -24,7 +24,7 @@ from exporter.commands.show import show_run
 from exporter.config import load_settings
 from exporter.db import ConnectOptions, Database
 from exporter.ingest.collector import RunCollector
-from exporter.ingest.source import RunsSource
+from exporter.ingest.runs_table import RunsTable
 from exporter.records.nesting import build_row_runs
 from exporter.records.runs import TOKEN_FIELDS
 from exporter.sinks.prometheus.topsessions import TopSessions
@@ -303,7 +303,7 @@ def test_projected_rows_give_the_same_nested_records_as_whole_rows(db_url: str, 
         whole = rows_of(db_url)
         db = Database(ConnectOptions(db_url, read_only=True))
         try:
-            projected = {r["run_id"]: r for r in await RunsSource(db, "ai", "agno_runs", "agno_sessions").fetch(
+            projected = {r["run_id"]: r for r in await RunsTable(db, "ai", "agno_runs", "agno_sessions").fetch(
                 [r["run_id"] for r in whole])}
         finally:
             await db.close()

@@ -254,7 +254,7 @@ def test_malformed_nested_runs_are_skipped_alone() -> None:
 
 def test_agno2_session_run_element() -> None:
     """agno 2.9's layout: the run is an element of the session's ``runs`` array; the legacy reader hands it
-    over as ``run_data`` beside the session's columns (``LegacySource.fetch_runs``)."""
+    over as ``run_data`` beside the session's columns (``LegacyTable.fetch_runs``)."""
     (session,) = sessions_v2()
     (element,) = session["runs"]
     row = {"session_id": session["session_id"], "user_id": session["user_id"], "updated_at": session["updated_at"]}

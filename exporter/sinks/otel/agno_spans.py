@@ -47,7 +47,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry, Counter
 
 from exporter.ingest.cursor import Watermark, WindowLog
-from exporter.ingest.source import Snapshot, SpanCandidate, SpansSource
+from exporter.ingest.source import Snapshot
+from exporter.ingest.spans_table import SpanCandidate, SpansTable
 from exporter.retry import poll_backoff
 from exporter.sinks.otel.agno_rows import span_from_agno_row
 from exporter.state.store import PostgresState
@@ -82,7 +83,7 @@ class SpanOutbox:
     """The :class:`~exporter.sinks.otel.traces.TraceOutbox` of agno's spans: ids queued in the state, rows re-read
     from agno's table by id (the queue holds ids, not spans: memory stays at one batch)."""
 
-    def __init__(self, state: PostgresState, source: SpansSource, resource: Resource, skipped: Counter,
+    def __init__(self, state: PostgresState, source: SpansTable, resource: Resource, skipped: Counter,
                  active: Callable[[], bool] = lambda: True) -> None:
         self.state = state
         self.source = source
@@ -131,7 +132,7 @@ class SpanPoller:
 
     def __init__(
         self,
-        source: SpansSource,
+        source: SpansTable,
         state: PostgresState,
         registry: CollectorRegistry,
         options: PollerOptions,
