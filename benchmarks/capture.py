@@ -19,7 +19,8 @@ from psycopg.rows import dict_row
 
 from exporter.config import AgentSpec, ModelSpec, TeamSpec
 from exporter.probes.agents import LlmTarget, build_agent, build_team, close_models, quiet_agno_logs, runner_models
-from exporter.probes.simllm import SimSettings, start_server
+from exporter.probes.simllm import start_server
+from exporter.probes.simplan import SimSettings
 
 # (runner, prompt, streamed, runs in one session). Model ids are ones the simulated server serves.
 _AGENTS = {

@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from exporter.config import AgentSpec, ModelSpec
 from exporter.probes.agents import LlmTarget, agno_db, build_agent, close_models, quiet_agno_logs, runner_models
-from exporter.probes.simllm import SimSettings, start_server
+from exporter.probes.simllm import start_server
+from exporter.probes.simplan import SimSettings
 
 from .harness import median
 

@@ -26,7 +26,8 @@ def db_url(pg_server: PgServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sim_url() -> Iterator[str]:
     """The project's simulated OpenAI-compatible model, on a loop of its own for the whole session."""
-    from exporter.probes.simllm import SimSettings, start_server
+    from exporter.probes.simllm import start_server
+    from exporter.probes.simplan import SimSettings
     from tests.helpers.support import ThreadLoop
 
     loop = ThreadLoop()

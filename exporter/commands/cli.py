@@ -118,7 +118,8 @@ async def _runs_tables(settings: Settings) -> list[str]:
 
 
 async def cmd_simulate_llm(args: argparse.Namespace) -> int:
-    from exporter.probes.simllm import SimSettings, start_server
+    from exporter.probes.simllm import start_server
+    from exporter.probes.simplan import SimSettings
     from exporter.web.app import listen_error
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")

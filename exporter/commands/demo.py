@@ -35,7 +35,8 @@ from exporter.db import redact
 from exporter.embedded import EmbeddedPostgres, EmbeddedUnavailable, start_embedded
 from exporter.probes.agents import choose_llm, quiet_agno_logs
 from exporter.probes.scheduler import JobStats
-from exporter.probes.simllm import SimServer, SimSettings, start_server
+from exporter.probes.simllm import SimServer, start_server
+from exporter.probes.simplan import SimSettings
 
 log = logging.getLogger("agno_exporter")
 

@@ -18,7 +18,8 @@ from exporter.commands.service import Service
 from exporter.config import Settings, parse_listen
 from exporter.probes.agents import LlmTarget, choose_llm, quiet_agno_logs
 from exporter.probes.scheduler import ProbeScheduler
-from exporter.probes.simllm import SimServer, SimSettings, start_server
+from exporter.probes.simllm import SimServer, start_server
+from exporter.probes.simplan import SimSettings
 
 log = logging.getLogger("agno_exporter")
 

@@ -3,9 +3,9 @@
 (agno 2.x), :mod:`exporter.ingest.spans_table` (agno's own tracing); the tables are found by
 :mod:`exporter.ingest.discovery`.
 
-All SQL against agno's schema lives in these modules. Identifiers from config or the catalog are always quoted. Each read is
-one statement on a read-only connection (atomic by itself, so no BEGIN/COMMIT round trips), short,
-so the exporter never holds back vacuum on the app's database.
+All SQL against agno's schema lives in these modules. Identifiers from config or the catalog are always quoted.
+Each read is one statement on a read-only connection (atomic by itself, so no BEGIN/COMMIT round trips),
+short, so the exporter never holds back vacuum on the app's database.
 
 Finding new finished runs without losing any (see :mod:`exporter.ingest.cursor` for the argument): every
 poll first reads the database clock and the transactions that may write agno's tables

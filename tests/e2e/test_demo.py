@@ -25,7 +25,7 @@ from exporter.commands.demo import Progress
 from exporter.commands.service import metric_value
 from exporter.commands.stack import start_stack
 from exporter.config import load_settings
-from exporter.probes.simllm import SimSettings
+from exporter.probes.simplan import SimSettings
 from tests.helpers.sched_support import until
 from tests.helpers.scrape import Samples
 from tests.helpers.support import exporter_cmd, free_port

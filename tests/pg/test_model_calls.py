@@ -22,7 +22,8 @@ from agno.models.openai import OpenAIChat
 from agno.session.summary import SessionSummaryManager
 from pydantic import BaseModel
 
-from exporter.probes.simllm import SimSettings, start_server
+from exporter.probes.simllm import start_server
+from exporter.probes.simplan import SimSettings
 from exporter.records.parse import build_run_record
 from exporter.records.runs import TOKEN_FIELDS, RunRecord
 from exporter.records.values import provider_name

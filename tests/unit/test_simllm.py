@@ -22,7 +22,8 @@ from agno.team import Team
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageFunctionToolCall
 
-from exporter.probes.simllm import STATS_KEY, SimServer, SimSettings, count_prompt_tokens, start_server
+from exporter.probes.simllm import STATS_KEY, SimServer, start_server
+from exporter.probes.simplan import SimSettings, count_prompt_tokens
 
 BASE = SimSettings(ttft=0.02, per_token=0.001, seed=1)
 STOCK_TOOL: ChatCompletionFunctionToolParam = {
