@@ -22,8 +22,9 @@ from prometheus_client.registry import Collector as PromCollector
 
 from exporter.config import ConfigError, Settings, parse_listen
 from exporter.db import ConnectOptions, Database, redact
-from exporter.ingest.collector import CollectorOptions, RunCollector
+from exporter.ingest.collector import RunCollector
 from exporter.ingest.leader import Leadership
+from exporter.ingest.poll import CollectorOptions
 from exporter.ingest.readers import AgnoSource
 from exporter.records.runs import RunRecord
 from exporter.sink import Sinks

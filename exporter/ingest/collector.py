@@ -21,21 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.leader import Leadership
 from exporter.ingest.metrics import CollectorMetrics
+from exporter.ingest.poll import (
+    BackfillProgress,
+    CollectorOptions,
+    LoadedChunk,
+    OpenRuns,
+    PollFailure,
+    PollResult,
+    settle_heap,
+)
 from exporter.ingest.readers import Reader, Source
-from exporter.ingest.source import Candidate, Page, Snapshot
+from exporter.ingest.source import Candidate, Snapshot
 from exporter.records.ids import trace_id_hex
 from exporter.records.nesting import build_row_runs
 from exporter.records.parse import row_run_id
@@ -50,133 +57,12 @@ log = logging.getLogger("agno_exporter.collector")
 
 SKIP_WARNINGS_PER_POLL = 10  # skipped runs logged one by one at WARNING per poll; the rest at DEBUG
 EXAMPLES = 3  # ids named in a summary line
-BACKFILL_LOG_EVERY = 10.0  # seconds between backfill progress lines
 # Errors of a state write that belong to a value of a record, not to the database: SQLSTATE class 22
 # ("bigint out of range", a character the encoding cannot hold) and psycopg's own refusal to send a
 # value. Anything else (OperationalError: the database is down) retries the whole page.
 ROW_FAULTS: tuple[type[Exception], ...] = (psycopg.DataError, UnicodeEncodeError)
 STATE_REJECTED = "state_rejected"  # the rows_skipped reason of a run the state refused
 MAX_RULE_CHECKS = 100  # sessions whose runs are read per poll to check their totals run by run
-
-
-@dataclass(frozen=True)
-class CollectorOptions:
-    batch_size: int = 500
-    clock_skew: float = 10.0
-    max_lookback: float = 3600.0
-    backfill: bool = True
-    top_sessions: int = 10
-    top_sessions_window: float = 86400.0
-    # The top-K query sorts every session active in the window: repeat it when runs were counted, else
-    # only this often (so an idle poll stays cheap; a session leaves the window at most this late).
-    top_sessions_refresh: float = 60.0
-    with_content: bool = False
-    stuck_after: float = 900.0
-    # agno writes a session's totals after the run's row; compare only once they have had time to settle
-    session_settle: float = 5.0
-    max_pending_session_checks: int = 10_000
-    cursor_save_interval: float = 10.0
-
-
-class OpenRuns(NamedTuple):
-    """Runs agno has not finished, of one (run_type, name, status), at the last poll."""
-
-    run_type: str
-    name: str
-    status: str
-    n: int  # PENDING or RUNNING
-    stuck: int  # of them, older than collector.stuck_after
-    oldest_age: float  # seconds since the oldest one was created
-
-
-@dataclass
-class _Loaded:
-    records: list[RunRecord] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run id, reason)
-    roots: dict[str, str] = field(default_factory=dict)  # run id -> its trace's root run id
-    details: dict[str, str] = field(default_factory=dict)  # run id -> why it is skipped, for the log
-    in_table: set[str] = field(default_factory=set)  # ids of the records that have rows of their own
-
-
-@dataclass(frozen=True)
-class PollFailure:
-    """The last failed poll, for the landing page."""
-
-    at: float  # unix time
-    reason: str  # database, query, state (agno_exporter_poll_errors_total's reason)
-    message: str  # as logged (connection errors have their URL's password masked, see db.connect)
-
-
-@dataclass
-class PollResult:
-    counted: int = 0
-    skipped: int = 0
-    pages: int = 0
-    skipped_by_reason: dict[str, int] = field(default_factory=dict)
-    skips_logged: int = 0  # of them, logged one by one at WARNING
-    anomalies: dict[str, int] = field(default_factory=dict)  # kind -> runs counted with it
-    anomalous_runs: int = 0
-    anomaly_examples: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Backfill:
-    """Progress of one reader's backfill, for the log: a line only when runs were counted since the
-    last one (at most every ``BACKFILL_LOG_EVERY`` seconds), with the rate and what is left to list
-    (from the planner's estimate of the table's rows: an estimate, said so)."""
-
-    key: str
-    started: float
-    counted0: int  # the poll's counts when the backfill started
-    skipped0: int
-    size: int | None  # planner's estimate of the rows to list, None when unknown
-    unit: str  # what the backfill lists: runs (agno 3.x) or sessions (agno 2.x)
-    listed: int = 0
-    logged_at: float = 0.0
-    logged_counted: int = 0
-
-    def page(self, page: Page, result: PollResult, now: float) -> None:
-        self.listed += page.scanned
-        counted = result.counted - self.counted0
-        if counted <= self.logged_counted or now - max(self.logged_at, self.started) < BACKFILL_LOG_EVERY:
-            return
-        self.logged_at, self.logged_counted = now, counted
-        elapsed = max(now - self.started, 1e-9)
-        rate = counted / elapsed
-        left = ""
-        if self.size is not None:
-            remaining = max(0, self.size - self.listed)
-            eta = remaining / (self.listed / elapsed) if self.listed else 0.0
-            left = f"; about {remaining:,} {self.unit} left to list (planner's estimate), {_duration(eta)} more"
-        log.info("backfill of %s: %s runs counted in %s (%s runs/s), %s %s listed%s", self.key, f"{counted:,}",
-                 _duration(elapsed), f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}", f"{self.listed:,}",
-                 self.unit, left)
-
-    def done(self, result: PollResult, now: float) -> None:
-        counted, skipped = result.counted - self.counted0, result.skipped - self.skipped0
-        log.info("backfill of %s finished in %s: %s %s listed, %s runs counted, %s skipped (the rest were"
-                 " counted before)", self.key, _duration(now - self.started), f"{self.listed:,}", self.unit,
-                 f"{counted:,}", f"{skipped:,}")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:,.0f} min"
-
-
-def _settle_heap() -> None:
-    """Keep the cyclic garbage collector off the hot path (a fifth of the time counting a large table).
-
-    What exists once the state is loaded (modules, config, the series) lives as long as the process,
-    so it is frozen out of the collector's scans. A poll allocates tens of thousands of short-lived
-    dicts and tuples per chunk (parsed JSON, records, observations), nearly all freed by reference
-    counting; a first-generation threshold of 50,000 live new objects instead of 700 stops the
-    collector from rescanning the chunk in flight over and over. Cyclic garbage is still collected.
-    """
-    gc.collect()  # so that only live objects are frozen
-    gc.freeze()
-    if gc.get_threshold()[0] < 50_000:
-        gc.set_threshold(50_000, 20, 20)
-
 
 class RunCollector:
     """Reads finished runs from one agno database and counts each exactly once."""
@@ -235,7 +121,7 @@ class RunCollector:
         await self.source.refresh(force=True)
         self.started = True
         log.info("state loaded: %d series", len(rows))
-        _settle_heap()
+        settle_heap()
 
     def _window_log(self, reader: Reader) -> WindowLog:
         wl = self._window_logs.get(reader.key)
@@ -321,8 +207,8 @@ class RunCollector:
         progress = None
         if wm.low == 0.0:
             size, unit = await reader.backfill_size()
-            progress = _Backfill(reader.key, self.clock(), result.counted, result.skipped, size, unit)
-        ready: _Loaded | None = None  # fetched and parsed, waiting for its commit
+            progress = BackfillProgress(reader.key, self.clock(), result.counted, result.skipped, size, unit)
+        ready: LoadedChunk | None = None  # fetched and parsed, waiting for its commit
         async with contextlib.aclosing(self._chunks(reader, wm, result, progress)) as chunks:
             async for chunk in chunks:
                 result.pages += 1
@@ -346,7 +232,7 @@ class RunCollector:
             progress.done(result, self.clock())
 
     async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult,
-                      progress: _Backfill | None) -> AsyncGenerator[list[Candidate], None]:
+                      progress: BackfillProgress | None) -> AsyncGenerator[list[Candidate], None]:
         """Candidate pages in listing order, cut to ``batch_size`` (a page of agno 2.x sessions can
         hold many more runs). Advanced only when no chunk is loading: one query at a time per
         connection."""
@@ -363,7 +249,7 @@ class RunCollector:
                 return
             after = page.after
 
-    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> _Loaded:
+    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> LoadedChunk:
         """Fetch and parse runs not counted yet: records (a row's own run and the runs agno nested in
         it), malformed rows, each record's trace root, and which records have rows of their own.
 
@@ -373,7 +259,7 @@ class RunCollector:
         A malformed row is logged when its skip is recorded (:meth:`_commit`), not here: a page
         whose commit fails is loaded again on the retry.
         """
-        loaded = _Loaded()
+        loaded = LoadedChunk()
         seen: set[str] = set()
         chosen: dict[str, RunRecord] = {}
         for row in await reader.fetch_runs(todo):
@@ -412,7 +298,7 @@ class RunCollector:
             loaded.roots[r.run_id] = loaded.roots.get(r.host_run_id or "", r.host_run_id or r.run_id)
         return loaded
 
-    async def _commit(self, loaded: _Loaded, result: PollResult) -> None:
+    async def _commit(self, loaded: LoadedChunk, result: PollResult) -> None:
         """Count one chunk in one state transaction; if the state refuses it for a reason that belongs
         to a run (:data:`ROW_FAULTS`), commit it in halves, recursively, and skip each run the state
         refuses on its own (reason ``state_rejected``). The other runs are counted exactly once: each
@@ -445,7 +331,7 @@ class RunCollector:
                     parts.append((records[half:], []))
                     parts.append((records[:half], skipped))  # popped first: listing order is kept
 
-    async def _commit_part(self, records: list[RunRecord], skipped: list[tuple[str, str]], loaded: _Loaded,
+    async def _commit_part(self, records: list[RunRecord], skipped: list[tuple[str, str]], loaded: LoadedChunk,
                            now: float, result: PollResult) -> None:
         """Count ``records`` in one state transaction, then (only then) update memory and self-metrics."""
         roots = loaded.roots

@@ -29,7 +29,7 @@ from exporter.sinks.prometheus.exposition import render
 from exporter.web.config import WebConfig, basic_auth_middleware
 
 if TYPE_CHECKING:
-    from exporter.ingest.collector import PollFailure
+    from exporter.ingest.poll import PollFailure
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter.db import ConnectOptions, Database
-from exporter.ingest.collector import CollectorOptions, RunCollector
+from exporter.ingest.collector import RunCollector
+from exporter.ingest.poll import CollectorOptions
 from exporter.ingest.readers import AgnoSource
 from exporter.sinks.prometheus import families as prom
 from exporter.sinks.prometheus.sink import PrometheusSink

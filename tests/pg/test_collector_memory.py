@@ -18,7 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter.db import ConnectOptions, Database
-from exporter.ingest.collector import CollectorOptions, RunCollector
+from exporter.ingest.collector import RunCollector
+from exporter.ingest.poll import CollectorOptions
 from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.nesting import build_row_runs
 from exporter.records.runs import RunRecord

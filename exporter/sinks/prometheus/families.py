@@ -16,7 +16,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.ingest.collector import OpenRuns
+from exporter.ingest.poll import OpenRuns
 from exporter.records.runs import RunRecord, TokenUsage
 from exporter.sinks.prometheus.prices import PriceTable
 from exporter.sinks.prometheus.series import Family, Observation, SeriesStore, exponential, gauge
