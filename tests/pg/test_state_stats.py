@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from exporter.db import ConnectOptions, Database
-from exporter.state import store as state_module
+from exporter.state import schema as state_module
 from exporter.state.store import PostgresState
 from tests.e2e.test_exactly_once import close, exported_runs, make_collector, write_runs
 
