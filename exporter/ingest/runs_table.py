@@ -11,7 +11,7 @@ from psycopg import sql
 
 from exporter.db import Database
 from exporter.ingest.source import (
-    _FINAL,
+    FINAL_SORTED,
     RUN_COLUMNS,
     RUN_DATA_PROJECTION,
     Candidate,
@@ -53,7 +53,7 @@ class RunsTable:
             t=self._runs,
             after=sql.SQL("AND (updated_at, run_id) > (%(au)s, %(ar)s)" if after else ""),
         )
-        params: dict[str, Any] = {"final": _FINAL, "since": int(since), "limit": limit}
+        params: dict[str, Any] = {"final": FINAL_SORTED, "since": int(since), "limit": limit}
         if after:
             params["au"], params["ar"] = after
         async with self.db.statement() as conn:
@@ -68,7 +68,7 @@ class RunsTable:
             " ORDER BY run_id LIMIT %(limit)s"
         ).format(t=self._runs, after=sql.SQL("AND run_id > %(after)s" if after is not None else ""))
         async with self.db.statement() as conn:
-            cur = await conn.execute(query, {"final": _FINAL, "after": after, "limit": limit})
+            cur = await conn.execute(query, {"final": FINAL_SORTED, "after": after, "limit": limit})
             rows = await cur.fetchall()
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
 
@@ -115,7 +115,7 @@ class RunsTable:
             cols=self._cols, run_data=sql.SQL(RUN_DATA_PROJECTION), t=self._runs)
         async with self.db.statement() as conn:
             cur = await conn.execute(query, {"sids": sessions, "ids": sorted({rid for rid, _ in parents}),
-                                             "final": _FINAL})
+                                             "final": FINAL_SORTED})
             return await cur.fetchall()
 
     async def row_ids(self, run_ids: Sequence[str]) -> set[str]:
@@ -186,7 +186,7 @@ class RunsTable:
             " WHERE session_id = ANY(%(ids)b) GROUP BY session_id"
         ).format(t=self._runs)
         async with self.db.statement() as conn:
-            cur = await conn.execute(query, {"final": _FINAL, "open": ["PENDING", "RUNNING", "PAUSED"],
+            cur = await conn.execute(query, {"final": FINAL_SORTED, "open": ["PENDING", "RUNNING", "PAUSED"],
                                              "ids": list(session_ids)})
             return {r["session_id"]: (int(r["final"]), int(r["open"])) for r in await cur.fetchall()}
 

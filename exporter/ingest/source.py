@@ -27,7 +27,7 @@ from exporter.db import Database
 from exporter.records.parse import IDENTITY_KEYS
 from exporter.records.runs import FINAL_STATUSES
 
-_FINAL = sorted(FINAL_STATUSES)
+FINAL_SORTED = sorted(FINAL_STATUSES)
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,14 @@ from aiohttp import web
 
 from exporter.probes.simplan import (
     FAILURE_KINDS,
+    SimPlan,
     SimSettings,
     Usage,
-    _content_text,
-    _directives,
-    _last_user_index,
-    _Plan,
-    _plan,
     count_prompt_tokens,
+    last_user_index,
+    make_plan,
+    message_text,
+    parse_directives,
 )
 
 __all__ = [
@@ -127,7 +127,7 @@ def _error_response(status: int, message: str, err_type: str, code: str | None) 
     return web.json_response(payload, status=status, headers=headers)
 
 
-def _completion_json(plan: _Plan, created: int) -> dict[str, Any]:
+def _completion_json(plan: SimPlan, created: int) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
     if plan.tool_call is not None:
         message["tool_calls"] = [
@@ -150,7 +150,7 @@ def _completion_json(plan: _Plan, created: int) -> dict[str, Any]:
     }
 
 
-def _chunk_deltas(plan: _Plan) -> list[dict[str, Any]]:
+def _chunk_deltas(plan: SimPlan) -> list[dict[str, Any]]:
     """The stream's choice deltas in order: role first, then one delta per token."""
     if plan.tool_call is None:
         return [{"role": "assistant", "content": ""}] + [{"content": piece} for piece in plan.text_pieces]
@@ -167,7 +167,7 @@ def _chunk_deltas(plan: _Plan) -> list[dict[str, Any]]:
 
 
 async def _stream(
-    request: web.Request, plan: _Plan, ttft: float, include_usage: bool, malformed: bool
+    request: web.Request, plan: SimPlan, ttft: float, include_usage: bool, malformed: bool
 ) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     stats = request.app[STATS_KEY]
@@ -220,7 +220,7 @@ async def _stream(
     return response
 
 
-def _record_success(stats: SimStats, plan: _Plan) -> None:
+def _record_success(stats: SimStats, plan: SimPlan) -> None:
     stats.succeeded += 1
     stats.usages.append(plan.usage)
     if plan.tool_call is not None:
@@ -245,8 +245,8 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         return _error_response(400, "'messages' must be a non-empty array.", "invalid_request_error", None)
 
     messages = body["messages"]
-    user_index = _last_user_index(messages)
-    directives = _directives(_content_text(messages[user_index].get("content")) if user_index >= 0 else "")
+    user_index = last_user_index(messages)
+    directives = parse_directives(message_text(messages[user_index].get("content")) if user_index >= 0 else "")
 
     # Always draw both numbers so the seeded sequence does not depend on earlier outcomes.
     failure_draw, jitter = state.rng.random(), state.rng.uniform(-settings.ttft_jitter, settings.ttft_jitter)
@@ -280,7 +280,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             await asyncio.wait_for(state.closing.wait(), timeout=STALL_SECONDS)
         return _error_response(503, "Simulated server is shutting down.", "server_error", None)
 
-    plan = _plan(body, settings)
+    plan = make_plan(body, settings)
     if body.get("stream"):
         stream_options = body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))

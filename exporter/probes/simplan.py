@@ -100,7 +100,7 @@ class Usage:
 # --------------------------------------------------------------------------- request analysis
 
 
-def _content_text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """Text of a message's content: a string, a list of content parts, or None."""
     if content is None:
         return ""
@@ -134,7 +134,7 @@ def count_prompt_tokens(messages: Sequence[Any], tools: Sequence[Any] | None = N
     for message in messages:
         if not isinstance(message, Mapping):
             continue
-        text = str(message.get("role", "")) + " " + _content_text(message.get("content"))
+        text = str(message.get("role", "")) + " " + message_text(message.get("content"))
         if isinstance(message.get("name"), str):
             text += " " + message["name"]
         for call in message.get("tool_calls") or ():
@@ -146,7 +146,7 @@ def count_prompt_tokens(messages: Sequence[Any], tools: Sequence[Any] | None = N
     return max(1, total)
 
 
-def _last_user_index(messages: Sequence[Any]) -> int:
+def last_user_index(messages: Sequence[Any]) -> int:
     for index in range(len(messages) - 1, -1, -1):
         message = messages[index]
         if isinstance(message, Mapping) and message.get("role") == "user":
@@ -154,7 +154,7 @@ def _last_user_index(messages: Sequence[Any]) -> int:
     return -1
 
 
-def _directives(text: str) -> dict[str, str]:
+def parse_directives(text: str) -> dict[str, str]:
     return {key.lower(): value for key, value in _DIRECTIVE_RE.findall(text)}
 
 
@@ -249,7 +249,7 @@ class _ToolCall:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class SimPlan:
     """The complete answer to one request, decided before any latency is simulated."""
 
     request_id: str
@@ -292,11 +292,11 @@ def _tool_result_summary(messages: Sequence[Any], since: int) -> tuple[str, str]
                 names[str(call.get("id"))] = str(call["function"].get("name", "tool"))
         if message.get("role") == "tool":
             name = names.get(str(message.get("tool_call_id")), str(message.get("name") or "tool"))
-            found = (name, _content_text(message.get("content")))
+            found = (name, message_text(message.get("content")))
     return found
 
 
-def _plan(body: Mapping[str, Any], settings: SimSettings) -> _Plan:
+def make_plan(body: Mapping[str, Any], settings: SimSettings) -> SimPlan:
     messages: list[Any] = list(body.get("messages") or [])
     tools: list[Any] = list(body.get("tools") or [])
     model = str(body.get("model") or settings.model_ids[0])
@@ -304,10 +304,10 @@ def _plan(body: Mapping[str, Any], settings: SimSettings) -> _Plan:
     # Seeded from the request itself so identical requests produce identical answers and usage.
     text_rng = random.Random(int(digest[:16], 16))
 
-    user_index = _last_user_index(messages)
-    user_text = _content_text(messages[user_index].get("content")) if user_index >= 0 else ""
+    user_index = last_user_index(messages)
+    user_text = message_text(messages[user_index].get("content")) if user_index >= 0 else ""
     system_text = "\n".join(
-        _content_text(m.get("content"))
+        message_text(m.get("content"))
         for m in messages
         if isinstance(m, Mapping) and m.get("role") in {"system", "developer"}
     )
@@ -344,7 +344,7 @@ def _plan(body: Mapping[str, Any], settings: SimSettings) -> _Plan:
         cached_tokens=math.floor(prompt_tokens * settings.cached_fraction),
         reasoning_tokens=settings.reasoning_tokens,
     )
-    return _Plan(
+    return SimPlan(
         request_id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
         model=model,
         text_pieces=tuple(pieces),

@@ -11,7 +11,7 @@ from typing import Any
 
 from exporter.records.parse import build_run_record
 from exporter.records.runs import BadRow, RunRecord, ToolCall
-from exporter.records.values import _str
+from exporter.records.values import read_str
 
 # ---------------------------------------------------------------------------------------------
 # runs nested inside a row: a workflow's step runs, the member runs of a team step
@@ -96,12 +96,12 @@ def _nested_runs(
             skipped.append((key, "wrong_type"))
             continue
         if depth > MAX_NESTING:
-            skipped.append((_str(element.get("run_id")) or key, "nested_too_deep"))
+            skipped.append((read_str(element.get("run_id")) or key, "nested_too_deep"))
             continue
         try:
             record = _nested_record(element, run_type or _nested_type(element), container, host, with_content)
         except BadRow as exc:
-            skipped.append((_str(element.get("run_id")) or key, exc.reason))
+            skipped.append((read_str(element.get("run_id")) or key, exc.reason))
             continue
         if record.run_id in seen:  # the same run nested twice in one row: agno's copy of a copy
             continue
@@ -129,9 +129,9 @@ def _nested_record(element: Mapping[str, Any], run_type: str, container: RunReco
                    with_content: bool) -> RunRecord:
     columns: dict[str, Any] = {
         "run_type": run_type,
-        "session_id": _str(element.get("session_id")) or host.session_id,
-        "user_id": _str(element.get("user_id")) or host.user_id,
-        "parent_run_id": _str(element.get("parent_run_id")) or container.run_id,
+        "session_id": read_str(element.get("session_id")) or host.session_id,
+        "user_id": read_str(element.get("user_id")) or host.user_id,
+        "parent_run_id": read_str(element.get("parent_run_id")) or container.run_id,
         "updated_at": host.updated_at,
     }
     return replace(build_run_record(columns, element, with_content=with_content), host_run_id=host.run_id)

@@ -27,17 +27,17 @@ from exporter.records.runs import (
 )
 from exporter.records.values import (
     MAX_RUN_TOKENS,
-    _epoch,
-    _list,
-    _obj,
-    _seconds,
-    _str,
-    _timestamp,
-    _tokens,
-    _usd,
     classify_error,
     clean_label,
     provider_name,
+    read_epoch,
+    read_list,
+    read_object,
+    read_seconds,
+    read_str,
+    read_timestamp,
+    read_tokens,
+    read_usd,
     run_label,
 )
 
@@ -62,17 +62,17 @@ def _details(
     """``metrics.details`` (agno/metrics.py ``RunMetrics.details``: role -> one entry per (provider, id))."""
     entries: list[_Entry] = []
     costs: list[ModelCost] = []
-    details = _obj(metrics.get("details"), "metrics.details")
+    details = read_object(metrics.get("details"), "metrics.details")
     for role, items in details.items():
         role = str(role)
-        for i, entry in enumerate(_list(items, "metrics.details.", role)):
-            entry = _obj(entry, "metrics.details.", role, "[", i, "]")
-            m_id = clean_label(_str(entry.get("id")), model, sanitized)
-            m_provider = provider_name(_str(entry.get("provider"))) if entry.get("provider") else provider
+        for i, entry in enumerate(read_list(items, "metrics.details.", role)):
+            entry = read_object(entry, "metrics.details.", role, "[", i, "]")
+            m_id = clean_label(read_str(entry.get("id")), model, sanitized)
+            m_provider = provider_name(read_str(entry.get("provider"))) if entry.get("provider") else provider
             counts = _counts(entry, "metrics.details.", role, "[", i, "].")
             total = entry.get("total_tokens")
             entries.append(_Entry(role, m_id, m_provider, counts, total if type(total) is int else None))
-            cost = _usd(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
+            cost = read_usd(entry.get("cost"), "metrics.details.", role, "[", i, "].cost")
             if cost:
                 costs.append(ModelCost(role, m_id, m_provider, cost))
     return entries, costs
@@ -114,7 +114,7 @@ def _token_split(
                 excess -= take
                 if not excess:
                     break
-    run_cost = _usd(metrics.get("cost"), "metrics.cost")
+    run_cost = read_usd(metrics.get("cost"), "metrics.cost")
     if run_cost and not costs:
         costs = [ModelCost("model", model, provider, run_cost)]
     tokens = tuple(TokenUsage(k[0], k[1], k[2], k[3], n) for k, n in usages.items() if n)
@@ -158,7 +158,7 @@ def _counts(metrics: Mapping[str, Any], *where: Any) -> dict[str, int]:
     for f, t in TOKEN_FIELDS:
         v = metrics.get(f)
         # the common cases inline: a run has a dozen of these objects
-        counts[t] = v if type(v) is int and 0 <= v <= MAX_RUN_TOKENS else 0 if v is None else _tokens(v, *where, f)
+        counts[t] = v if type(v) is int and 0 <= v <= MAX_RUN_TOKENS else 0 if v is None else read_tokens(v, *where, f)
     return counts
 
 
@@ -181,12 +181,12 @@ def _model_calls(
     found: list[tuple[int, Mapping[str, Any], Mapping[str, Any], dict[str, int]]] = []
     for i, msg in enumerate(messages):
         if type(msg) is not dict:
-            msg = _obj(msg, "messages[", i, "]")
+            msg = read_object(msg, "messages[", i, "]")
         if msg.get("role") != "assistant" or msg.get("from_history") is True:
             continue
         metrics = msg.get("metrics")
         if type(metrics) is not dict:
-            metrics = _obj(metrics, "messages[", i, "].metrics")
+            metrics = read_object(metrics, "messages[", i, "].metrics")
         if metrics:
             found.append((i, msg, metrics, _counts(metrics, "messages[", i, "].metrics.")))
 
@@ -224,23 +224,23 @@ def _model_calls(
         ent = entries[who] if who is not None else None
         requested = msg.get("tool_calls")
         tool_ids = tuple(
-            _str(_obj(tc, "messages[", i, "].tool_calls[]").get("id")) or ""
-            for tc in _list(requested, "messages[", i, "].tool_calls")
+            read_str(read_object(tc, "messages[", i, "].tool_calls[]").get("id")) or ""
+            for tc in read_list(requested, "messages[", i, "].tool_calls")
         ) if requested is not None else ()
         content = msg.get("content") if with_content else None
-        duration = _seconds(metrics.get("duration"), "messages[", i, "].metrics.duration")
+        duration = read_seconds(metrics.get("duration"), "messages[", i, "].metrics.duration")
         calls.append(
             ModelCall(
                 index=len(calls),
-                message_id=_str(msg.get("id")) or "",
+                message_id=read_str(msg.get("id")) or "",
                 model=ent.model if ent else model,
                 provider=ent.provider if ent else provider,
                 input_tokens=counts["input"],
                 output_tokens=counts["output"],
                 duration=duration,
-                time_to_first_token=_seconds(metrics.get("time_to_first_token"), "messages[", i,
+                time_to_first_token=read_seconds(metrics.get("time_to_first_token"), "messages[", i,
                                              "].metrics.time_to_first_token"),
-                created_at=_epoch(msg.get("created_at"), "messages[", i, "].created_at") or None,
+                created_at=read_epoch(msg.get("created_at"), "messages[", i, "].created_at") or None,
                 tool_call_ids=tool_ids,
                 content=content if isinstance(content, str) else None,
                 model_role=ent.role if ent else "model",
@@ -265,23 +265,23 @@ def _model_calls(
 def _tool_calls(tools: list[Any], sanitized: list[str]) -> tuple[ToolCall, ...]:
     calls: list[ToolCall] = []
     for i, tool in enumerate(tools):
-        tool = _obj(tool, "tools[", i, "]")
-        metrics = _obj(tool.get("metrics"), "tools[", i, "].metrics")
-        start = _timestamp(metrics.get("start_time"), "tools[", i, "].metrics.start_time")
-        end = _timestamp(metrics.get("end_time"), "tools[", i, "].metrics.end_time")
-        duration = _seconds(metrics.get("duration"), "tools[", i, "].metrics.duration")
+        tool = read_object(tool, "tools[", i, "]")
+        metrics = read_object(tool.get("metrics"), "tools[", i, "].metrics")
+        start = read_timestamp(metrics.get("start_time"), "tools[", i, "].metrics.start_time")
+        end = read_timestamp(metrics.get("end_time"), "tools[", i, "].metrics.end_time")
+        duration = read_seconds(metrics.get("duration"), "tools[", i, "].metrics.duration")
         if duration is None and start is not None and end is not None and end >= start:
             duration = end - start
         calls.append(
             ToolCall(
                 index=i,
-                name=clean_label(_str(tool.get("tool_name")), "unknown", sanitized),
-                call_id=_str(tool.get("tool_call_id")) or f"tool-{i}",
+                name=clean_label(read_str(tool.get("tool_name")), "unknown", sanitized),
+                call_id=read_str(tool.get("tool_call_id")) or f"tool-{i}",
                 error=tool.get("tool_call_error") is True,
                 duration=duration,
                 start_time=start,
                 end_time=end,
-                child_run_id=_str(tool.get("child_run_id")),
+                child_run_id=read_str(tool.get("child_run_id")),
                 member_id=delegated_to(tool.get("tool_args")),
             )
         )
@@ -308,7 +308,7 @@ def run_identity(row: Mapping[str, Any], run_data: Mapping[str, Any],
     """(run_type, entity id, ``name`` label) of a run from its columns (agno 3.x; ``{}`` for an agno 2.x
     array element) and the :data:`IDENTITY_KEYS` of its JSON. A run type agno did not store is
     inferred from which ids the JSON holds."""
-    run_type = (_str(row.get("run_type")) or "").lower()
+    run_type = (read_str(row.get("run_type")) or "").lower()
     if run_type not in RUN_TYPES:
         if run_data.get("workflow_id") or run_data.get("workflow_name"):
             run_type = "workflow"
@@ -317,14 +317,14 @@ def run_identity(row: Mapping[str, Any], run_data: Mapping[str, Any],
         else:
             run_type = "agent"
     id_col = f"{run_type}_id"
-    entity_id = _str(row.get(id_col)) or _str(run_data.get(id_col)) or ""
-    return run_type, entity_id, run_label(_str(run_data.get(f"{run_type}_name")), entity_id, sanitized)
+    entity_id = read_str(row.get(id_col)) or read_str(run_data.get(id_col)) or ""
+    return run_type, entity_id, run_label(read_str(run_data.get(f"{run_type}_name")), entity_id, sanitized)
 
 
 def row_run_id(row: Mapping[str, Any]) -> str | None:
     """The run id of a fetched row: its column (agno 3.x) or its JSON (an agno 2.x array element)."""
     data = row.get("run_data")
-    return _str(row.get("run_id")) or (_str(data.get("run_id")) if isinstance(data, Mapping) else None)
+    return read_str(row.get("run_id")) or (read_str(data.get("run_id")) if isinstance(data, Mapping) else None)
 
 
 def build_run_record(
@@ -340,10 +340,10 @@ def build_run_record(
     """
     if not isinstance(run_data, Mapping):
         raise BadRow("run_data_not_object", f"run_data is {type(run_data).__name__}")
-    run_id = _str(row.get("run_id")) or _str(run_data.get("run_id"))
+    run_id = read_str(row.get("run_id")) or read_str(run_data.get("run_id"))
     if not run_id:
         raise BadRow("missing_run_id", "no run_id in the row or in run_data")
-    status = _str(row.get("status")) or _str(run_data.get("status")) or ""
+    status = read_str(row.get("status")) or read_str(run_data.get("status")) or ""
     status = status.upper()
     if status not in KNOWN_STATUSES:
         raise BadRow("unknown_status", f"status {status!r}")
@@ -351,9 +351,9 @@ def build_run_record(
     sanitized: list[str] = []
     run_type, entity_id, name = run_identity(row, run_data, sanitized)
 
-    metrics = _obj(run_data.get("metrics"), "metrics")
-    model = clean_label(_str(run_data.get("model")), "unknown", sanitized)
-    provider = provider_name(_str(run_data.get("model_provider")))
+    metrics = read_object(run_data.get("metrics"), "metrics")
+    model = clean_label(read_str(run_data.get("model")), "unknown", sanitized)
+    provider = provider_name(read_str(run_data.get("model_provider")))
 
     if run_type == "workflow":
         # A workflow run has no model calls of its own: its steps' runs carry them, nested in this
@@ -362,18 +362,18 @@ def build_run_record(
         tokens: tuple[TokenUsage, ...] = ()
         costs: tuple[ModelCost, ...] = ()
         anomalies: list[TokenAnomaly] = []
-        steps = _obj(metrics.get("steps"), "metrics.steps")
+        steps = read_object(metrics.get("steps"), "metrics.steps")
         step_names = tuple(str(k) for k in steps)
         model_calls: tuple[ModelCall, ...] = ()
     else:
-        totals = {t: _tokens(metrics.get(f), "metrics.", f) for f, t in TOKEN_FIELDS}
+        totals = {t: read_tokens(metrics.get(f), "metrics.", f) for f, t in TOKEN_FIELDS}
         entries, entry_costs = _details(metrics, model, provider, sanitized)
         tokens, costs, split_anomalies = _token_split(entries, entry_costs, metrics, totals, model, provider)
         anomalies = [*split_anomalies, *_token_anomalies(entries, metrics, totals, model, provider)]
         step_names = ()
-        messages = _list(run_data.get("messages"), "messages")
+        messages = read_list(run_data.get("messages"), "messages")
         model_calls = _model_calls(messages, entries, model, provider, with_content)
-    tool_calls = _tool_calls(_list(run_data.get("tools"), "tools"), sanitized)
+    tool_calls = _tool_calls(read_list(run_data.get("tools"), "tools"), sanitized)
 
     error_message = None
     if status in ("ERROR", "CANCELLED"):
@@ -382,19 +382,19 @@ def build_run_record(
 
     return RunRecord(
         run_id=run_id,
-        session_id=_str(row.get("session_id")) or _str(run_data.get("session_id")) or "",
+        session_id=read_str(row.get("session_id")) or read_str(run_data.get("session_id")) or "",
         run_type=run_type,
         status=status,
         name=name,
         entity_id=entity_id,
-        user_id=_str(row.get("user_id")) or _str(run_data.get("user_id")),
-        parent_run_id=_str(row.get("parent_run_id")) or _str(run_data.get("parent_run_id")),
-        created_at=_epoch(row.get("created_at", run_data.get("created_at")), "created_at"),
-        updated_at=_epoch(row.get("updated_at", run_data.get("updated_at")), "updated_at"),
+        user_id=read_str(row.get("user_id")) or read_str(run_data.get("user_id")),
+        parent_run_id=read_str(row.get("parent_run_id")) or read_str(run_data.get("parent_run_id")),
+        created_at=read_epoch(row.get("created_at", run_data.get("created_at")), "created_at"),
+        updated_at=read_epoch(row.get("updated_at", run_data.get("updated_at")), "updated_at"),
         model=model,
         provider=provider,
-        duration=_seconds(metrics.get("duration"), "metrics.duration"),
-        time_to_first_token=_seconds(metrics.get("time_to_first_token"), "metrics.time_to_first_token"),
+        duration=read_seconds(metrics.get("duration"), "metrics.duration"),
+        time_to_first_token=read_seconds(metrics.get("time_to_first_token"), "metrics.time_to_first_token"),
         totals=totals,
         tokens=tokens,
         costs=costs,
@@ -427,16 +427,17 @@ def session_tokens_of(run_type: str, metrics: Mapping[str, Any], totals: Mapping
     """
     if run_type != "workflow":
         return totals["input"] + totals["output"]
-    steps = _obj(metrics.get("steps"), "metrics.steps")
+    steps = read_object(metrics.get("steps"), "metrics.steps")
     total = 0
     for name, step in steps.items():
-        step_metrics = _obj(_obj(step, "metrics.steps.", name).get("metrics"), "metrics.steps.", name, ".metrics")
+        step_metrics = read_object(read_object(step, "metrics.steps.", name).get("metrics"),
+                                   "metrics.steps.", name, ".metrics")
         for field_name in ("input_tokens", "output_tokens"):
-            total += _tokens(step_metrics.get(field_name), "metrics.steps.", name, ".metrics.", field_name)
+            total += read_tokens(step_metrics.get(field_name), "metrics.steps.", name, ".metrics.", field_name)
     return total
 
 
 def delegated_to(tool_args: Any) -> str | None:
     """The member a delegation tool call names (``member_id``); anything else about the call is
     not needed, and arguments of another shape just leave it unknown."""
-    return _str(tool_args.get("member_id")) if isinstance(tool_args, Mapping) else None
+    return read_str(tool_args.get("member_id")) if isinstance(tool_args, Mapping) else None

@@ -14,15 +14,15 @@ from exporter.records.runs import FINAL_STATUSES, TOKEN_FIELDS, BadRow, SessionR
 from exporter.records.values import (
     COST_OUT_OF_RANGE,
     MAX_SESSION_TOKENS,
-    _bounded,
-    _count,
-    _epoch,
-    _list,
-    _obj,
-    _seconds,
-    _str,
-    _tokens,
-    _usd,
+    read_bounded,
+    read_count,
+    read_epoch,
+    read_list,
+    read_object,
+    read_seconds,
+    read_str,
+    read_tokens,
+    read_usd,
     run_label,
 )
 
@@ -59,13 +59,13 @@ def build_session_run(row: Mapping[str, Any], run_data: Any) -> SessionRun:
     to what agno's session totals count of it. Raises :class:`BadRow` like :func:`build_run_record`."""
     if not isinstance(run_data, Mapping):
         raise BadRow("run_data_not_object", f"run_data is {type(run_data).__name__}")
-    run_id = _str(row.get("run_id")) or _str(run_data.get("run_id"))
+    run_id = read_str(row.get("run_id")) or read_str(run_data.get("run_id"))
     if not run_id:
         raise BadRow("missing_run_id", "no run_id in the row or in run_data")
-    metrics = _obj(run_data.get("metrics"), "metrics")
-    totals = {"input": _tokens(metrics.get("input_tokens"), "metrics.input_tokens"),
-              "output": _tokens(metrics.get("output_tokens"), "metrics.output_tokens")}
-    run_type = (_str(row.get("run_type")) or "").lower()
+    metrics = read_object(run_data.get("metrics"), "metrics")
+    totals = {"input": read_tokens(metrics.get("input_tokens"), "metrics.input_tokens"),
+              "output": read_tokens(metrics.get("output_tokens"), "metrics.output_tokens")}
+    run_type = (read_str(row.get("run_type")) or "").lower()
     is_team = run_type == "team" or (not run_type and not run_data.get("agent_id") and not (
         run_data.get("workflow_id") or run_data.get("workflow_name")) and bool(
         run_data.get("team_id") or run_data.get("team_name")))
@@ -73,10 +73,10 @@ def build_session_run(row: Mapping[str, Any], run_data: Any) -> SessionRun:
     is_workflow = run_type == "workflow" or (not run_type and bool(run_data.get("workflow_name")) and not (
         run_data.get("agent_id") or run_data.get("team_id")))
     tokens = session_tokens_of("workflow" if is_workflow else "agent", metrics, totals)
-    status = (_str(row.get("status")) or _str(run_data.get("status")) or "").upper()
+    status = (read_str(row.get("status")) or read_str(run_data.get("status")) or "").upper()
     return SessionRun(
         run_id=run_id,
-        parent_run_id=_str(row.get("parent_run_id")) or _str(run_data.get("parent_run_id")),
+        parent_run_id=read_str(row.get("parent_run_id")) or read_str(run_data.get("parent_run_id")),
         tokens=tokens,
         leaves_out_members=is_team and _leaves_out_members(metrics, tokens),
         final=status in FINAL_STATUSES,
@@ -126,17 +126,17 @@ def build_session_record(row: Mapping[str, Any]) -> SessionRecord:
     runs the totals add up, by the shape of the release that saved them last; a session saved by
     several releases is compared run by run (:func:`session_claim_tokens`).
     """
-    session_id = _str(row.get("session_id"))
+    session_id = read_str(row.get("session_id"))
     if not session_id:
         raise BadRow("missing_session_id", "no session_id")
     sanitized: list[str] = []
-    session_type = (_str(row.get("session_type")) or "agent").lower()
-    data = _obj(row.get(f"{session_type}_data"), f"{session_type}_data")
-    entity_id = _str(row.get(f"{session_type}_id")) or ""
-    name = run_label(_str(data.get("name")), entity_id, sanitized)
-    session_data = _obj(row.get("session_data"), "session_data")
-    sm = _obj(session_data.get("session_metrics"), "session_data.session_metrics")
-    totals = {t: _count(sm.get(f), MAX_SESSION_TOKENS, "tokens in one session", f"session_metrics.{f}")
+    session_type = (read_str(row.get("session_type")) or "agent").lower()
+    data = read_object(row.get(f"{session_type}_data"), f"{session_type}_data")
+    entity_id = read_str(row.get(f"{session_type}_id")) or ""
+    name = run_label(read_str(data.get("name")), entity_id, sanitized)
+    session_data = read_object(row.get("session_data"), "session_data")
+    sm = read_object(session_data.get("session_metrics"), "session_data.session_metrics")
+    totals = {t: read_count(sm.get(f), MAX_SESSION_TOKENS, "tokens in one session", f"session_metrics.{f}")
               for f, t in TOKEN_FIELDS}
     # agno 2.3.5-2.5.3's team totals: the summed duration, no details (see TEAM_TOTALS)
     duration = sm.get("duration")
@@ -147,11 +147,11 @@ def build_session_record(row: Mapping[str, Any]) -> SessionRecord:
         session_type=session_type,
         name=name,
         entity_id=entity_id,
-        user_id=_str(row.get("user_id")),
-        created_at=_epoch(row.get("created_at"), "created_at"),
-        updated_at=_epoch(row.get("updated_at"), "updated_at"),
+        user_id=read_str(row.get("user_id")),
+        created_at=read_epoch(row.get("created_at"), "created_at"),
+        updated_at=read_epoch(row.get("updated_at"), "updated_at"),
         totals=totals,
-        cost_usd=_bounded(sm.get("cost"), math.inf, COST_OUT_OF_RANGE, "USD", "session_metrics.cost"),
+        cost_usd=read_bounded(sm.get("cost"), math.inf, COST_OUT_OF_RANGE, "USD", "session_metrics.cost"),
         team_totals="leader" if leader else "members",
     )
 
@@ -191,30 +191,32 @@ class StoredMetrics:
 
 def stored_metrics(metrics: Any, where: str = "metrics") -> StoredMetrics:
     """agno's stored metrics object -> :class:`StoredMetrics`; raises :class:`BadRow` like the run builder."""
-    m = _obj(metrics, where)
+    m = read_object(metrics, where)
     details: list[StoredModelMetrics] = []
-    for role, entries in _obj(m.get("details"), where, ".details").items():
-        for i, entry in enumerate(_list(entries, where, ".details.", role)):
-            entry = _obj(entry, where, ".details.", role, "[", i, "]")
+    for role, entries in read_object(m.get("details"), where, ".details").items():
+        for i, entry in enumerate(read_list(entries, where, ".details.", role)):
+            entry = read_object(entry, where, ".details.", role, "[", i, "]")
             details.append(StoredModelMetrics(
-                model_role=str(role), id=_str(entry.get("id")) or "", provider=_str(entry.get("provider")) or "",
-                tokens={f: _tokens(entry.get(f), where, ".details.", role, "[", i, "].", f) for f in AGNO_TOKEN_FIELDS},
-                cost=_usd(entry.get("cost"), where, ".details.", role, "[", i, "].cost")))
+                model_role=str(role), id=read_str(entry.get("id")) or "",
+                provider=read_str(entry.get("provider")) or "",
+                tokens={f: read_tokens(entry.get(f), where, ".details.", role, "[", i, "].", f)
+                        for f in AGNO_TOKEN_FIELDS},
+                cost=read_usd(entry.get("cost"), where, ".details.", role, "[", i, "].cost")))
     return StoredMetrics(
-        tokens={f: _count(m.get(f), MAX_SESSION_TOKENS, "tokens", where, ".", f) for f in AGNO_TOKEN_FIELDS},
-        cost=_bounded(m.get("cost"), math.inf, COST_OUT_OF_RANGE, "USD", where, ".cost"),
-        duration=_seconds(m.get("duration"), where, ".duration"),
-        time_to_first_token=_seconds(m.get("time_to_first_token"), where, ".time_to_first_token"),
+        tokens={f: read_count(m.get(f), MAX_SESSION_TOKENS, "tokens", where, ".", f) for f in AGNO_TOKEN_FIELDS},
+        cost=read_bounded(m.get("cost"), math.inf, COST_OUT_OF_RANGE, "USD", where, ".cost"),
+        duration=read_seconds(m.get("duration"), where, ".duration"),
+        time_to_first_token=read_seconds(m.get("time_to_first_token"), where, ".time_to_first_token"),
         details=tuple(details),
     )
 
 
 def run_stored_metrics(run_data: Any) -> StoredMetrics:
     """A run's ``metrics`` (``run_data.metrics`` in agno 3.x, the array element's in 2.x)."""
-    return stored_metrics(_obj(run_data, "run_data").get("metrics"))
+    return stored_metrics(read_object(run_data, "run_data").get("metrics"))
 
 
 def session_stored_metrics(row: Mapping[str, Any]) -> StoredMetrics:
     """A session row's ``session_data.session_metrics``: agno's own running total of the session's runs."""
-    data = _obj(row.get("session_data"), "session_data")
+    data = read_object(row.get("session_data"), "session_data")
     return stored_metrics(data.get("session_metrics"), "session_data.session_metrics")

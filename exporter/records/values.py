@@ -56,8 +56,8 @@ _GENERATED_ID = re.compile(
 # ``where`` names the field in an error; it comes in parts, joined only when there is an error
 # (a run has dozens of fields: formatting each path up front was a tenth of the parsing time).
 
-# Every number read from agno's rows goes through the validator of its unit (_tokens, _seconds,
-# _usd, _timestamp, _epoch), each with a bound on what one run can plausibly claim. A value beyond
+# Every number read from agno's rows goes through the validator of its unit (read_tokens, read_seconds,
+# read_usd, read_timestamp, read_epoch), each with a bound on what one run can plausibly claim. A value beyond
 # its bound is broken (an overflow, a unit error, a provider integration's bug): counting it would
 # make every sum it joins useless forever after, and a value beyond what the state's SQL types
 # hold (bigint, double precision) would make the state refuse the whole page. So the run is a
@@ -104,7 +104,7 @@ def _show(value: int | float) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _bounded(value: Any, limit: float, reason: str, unit: str, *where: Any) -> float | None:
+def read_bounded(value: Any, limit: float, reason: str, unit: str, *where: Any) -> float | None:
     """A non-negative finite number up to ``limit``, or None when absent. bool is not a number here.
 
     Raises BadRow: wrong_type, not_finite, negative, or ``reason`` when above ``limit``.
@@ -122,47 +122,47 @@ def _bounded(value: Any, limit: float, reason: str, unit: str, *where: Any) -> f
     return float(value)
 
 
-def _seconds(value: Any, *where: Any) -> float | None:
+def read_seconds(value: Any, *where: Any) -> float | None:
     """A duration in seconds (at most MAX_RUN_SECONDS), or None when absent."""
     if type(value) is float and 0.0 <= value <= MAX_RUN_SECONDS:  # the common case first (NaN fails it)
         return value
-    return _bounded(value, MAX_RUN_SECONDS, SECONDS_OUT_OF_RANGE, "seconds in one run", *where)
+    return read_bounded(value, MAX_RUN_SECONDS, SECONDS_OUT_OF_RANGE, "seconds in one run", *where)
 
 
-def _usd(value: Any, *where: Any) -> float | None:
+def read_usd(value: Any, *where: Any) -> float | None:
     """US dollars (at most MAX_RUN_USD), or None when absent."""
     if type(value) is float and 0.0 <= value <= MAX_RUN_USD:
         return value
-    return _bounded(value, MAX_RUN_USD, COST_OUT_OF_RANGE, "USD in one run", *where)
+    return read_bounded(value, MAX_RUN_USD, COST_OUT_OF_RANGE, "USD in one run", *where)
 
 
-def _timestamp(value: Any, *where: Any) -> float | None:
+def read_timestamp(value: Any, *where: Any) -> float | None:
     """Epoch seconds (before MAX_TIMESTAMP), or None when absent."""
     if type(value) is float and 0.0 <= value <= MAX_TIMESTAMP:
         return value
-    return _bounded(value, MAX_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, "epoch seconds (2100-01-01; milliseconds?)",
+    return read_bounded(value, MAX_TIMESTAMP, TIMESTAMP_OUT_OF_RANGE, "epoch seconds (2100-01-01; milliseconds?)",
                     *where)
 
 
-def _count(value: Any, limit: int, unit: str, *where: Any) -> int:
+def read_count(value: Any, limit: int, unit: str, *where: Any) -> int:
     """A whole number of tokens up to ``limit``; absent is 0. A float that is whole is accepted (JSON
     has one number type; orjson reads integers beyond 64 bits as floats)."""
     if value is None:
         return 0
     if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
         raise BadRow("wrong_type", f"{_path(where)} is {_show(value)}, expected a whole number")
-    num = _bounded(value, limit, TOKENS_OUT_OF_RANGE, unit, *where)
+    num = read_bounded(value, limit, TOKENS_OUT_OF_RANGE, unit, *where)
     return 0 if num is None else int(value)
 
 
-def _tokens(value: Any, *where: Any) -> int:
+def read_tokens(value: Any, *where: Any) -> int:
     """Tokens of one type in one run, one model call or one metrics.details entry (<= MAX_RUN_TOKENS)."""
     if type(value) is int and 0 <= value <= MAX_RUN_TOKENS:  # the common case first
         return value
-    return _count(value, MAX_RUN_TOKENS, "tokens in one run", *where)
+    return read_count(value, MAX_RUN_TOKENS, "tokens in one run", *where)
 
 
-def _obj(value: Any, *where: Any) -> Mapping[str, Any]:
+def read_object(value: Any, *where: Any) -> Mapping[str, Any]:
     if type(value) is dict:  # what the JSON parser makes; isinstance on Mapping is ten times slower
         return value
     if value is None:
@@ -172,7 +172,7 @@ def _obj(value: Any, *where: Any) -> Mapping[str, Any]:
     return value
 
 
-def _list(value: Any, *where: Any) -> list[Any]:
+def read_list(value: Any, *where: Any) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -180,7 +180,7 @@ def _list(value: Any, *where: Any) -> list[Any]:
     return value
 
 
-def _str(value: Any) -> str | None:
+def read_str(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -190,11 +190,11 @@ def _str(value: Any) -> str | None:
     return None
 
 
-def _epoch(value: Any, *where: Any) -> int:
+def read_epoch(value: Any, *where: Any) -> int:
     """Whole epoch seconds (before MAX_TIMESTAMP); absent is 0."""
     if type(value) is int and 0 <= value <= MAX_TIMESTAMP:  # agno's BIGINT columns: the common case
         return value
-    num = _timestamp(value, *where)
+    num = read_timestamp(value, *where)
     return int(num) if num is not None else 0
 
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from exporter.sinks.otel.traces import AGNO_TRACING_SCOPE, Attributes, _context, _json
+from exporter.sinks.otel.traces import AGNO_TRACING_SCOPE, Attributes, json_attribute, span_context
 
 # ---------------------------------------------------------------------------------------------
 # agno's own tracing tables
@@ -43,7 +43,7 @@ def _attribute(value: Any) -> AttributeValue | None:
         kinds = {type(v) for v in value}
         if len(kinds) == 1 and kinds <= {str, bool, int, float}:
             return list(value)
-    return _json(value)
+    return json_attribute(value)
 
 
 def span_from_agno_row(row: Mapping[str, Any], *, resource: Resource) -> ReadableSpan:
@@ -80,8 +80,8 @@ def span_from_agno_row(row: Mapping[str, Any], *, resource: Resource) -> Readabl
     status = Status(code, str(message) if code is StatusCode.ERROR and message else None)
     return ReadableSpan(
         name=str(row.get("name") or "span"),
-        context=_context(trace_id, span_id),
-        parent=_context(trace_id, parent_id) if parent_id else None,
+        context=span_context(trace_id, span_id),
+        parent=span_context(trace_id, parent_id) if parent_id else None,
         resource=resource,
         attributes=attrs,
         kind=kind,

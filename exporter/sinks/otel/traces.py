@@ -135,11 +135,11 @@ def make_resource(attributes: Mapping[str, str] | None = None) -> Resource:
     return Resource.create({**defaults, **env, **dict(attributes or {})})
 
 
-def _context(trace_id: int, span_id: int) -> SpanContext:
+def span_context(trace_id: int, span_id: int) -> SpanContext:
     return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
 
 
-def _json(value: Any) -> str:
+def json_attribute(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -157,7 +157,7 @@ def _chat_output(call: ModelCall, tool_names: Mapping[str, str]) -> str | None:
     if not parts:
         return None
     reason = "tool_call" if call.tool_call_ids else "stop"
-    return _json([{"role": "assistant", "parts": parts, "finish_reason": reason}])
+    return json_attribute([{"role": "assistant", "parts": parts, "finish_reason": reason}])
 
 
 def build_spans(
@@ -183,12 +183,12 @@ def build_spans(
     run_id = record.run_id
     root = root_run_id or run_id
     trace_id = trace_id_for(root)
-    run_ctx = _context(trace_id, span_id_for(run_id))
+    run_ctx = span_context(trace_id, span_id_for(run_id))
     parent = None
     if parent_run_id and root != run_id:
         parent_span = span_id_for(parent_run_id, "tool", parent_tool.call_id) if parent_tool else span_id_for(
             parent_run_id)
-        parent = _context(trace_id, parent_span)
+        parent = span_context(trace_id, parent_span)
     layout = layout_tree(record, nested or {})
     workflow = record.run_type == "workflow"
     operation = "invoke_workflow" if workflow else "invoke_agent"
@@ -236,11 +236,11 @@ def build_spans(
         status = Status(StatusCode.ERROR, record.error_message or record.error_type)
     if capture_content:
         if record.input_content:
-            attrs["gen_ai.input.messages"] = _json(
+            attrs["gen_ai.input.messages"] = json_attribute(
                 [{"role": "user", "parts": [{"type": "text", "content": record.input_content}]}]
             )
         if record.output_content:
-            attrs["gen_ai.output.messages"] = _json(
+            attrs["gen_ai.output.messages"] = json_attribute(
                 [
                     {
                         "role": "assistant",
@@ -268,7 +268,7 @@ def build_spans(
     tool_names = {t.call_id: t.name for t in record.tool_calls}
     chat_ctx: dict[str, SpanContext] = {}
     for call, times in zip(record.model_calls, layout.chats, strict=True):
-        ctx = _context(trace_id, span_id_for(run_id, "chat", str(call.index)))
+        ctx = span_context(trace_id, span_id_for(run_id, "chat", str(call.index)))
         for call_id in call.tool_call_ids:
             chat_ctx.setdefault(call_id, ctx)
         c_attrs: Attributes = {
@@ -332,7 +332,7 @@ def build_spans(
         spans.append(
             ReadableSpan(
                 name=f"execute_tool {tool.name}",
-                context=_context(trace_id, span_id_for(run_id, "tool", tool.call_id)),
+                context=span_context(trace_id, span_id_for(run_id, "tool", tool.call_id)),
                 parent=run_ctx,
                 resource=resource,
                 attributes=t_attrs,
