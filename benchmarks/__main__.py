@@ -54,7 +54,7 @@ class Plan:
 
 
 FULL = Plan(sizes=(100_000, 1_000_000), ingest_size=100_000, ingest_attempts=2, idle_interval=5.0, plain_polls=6,
-            indexed_polls=30, collect_scrapes=5, peer_scrapes=2, delete_runs=10_000, agno_budget=15.0,
+            indexed_polls=30, collect_scrapes=5, peer_scrapes=1, delete_runs=10_000, agno_budget=15.0,
             poll_interval=1.0, probes=60, scrape_series=10_000, scrape_repeat=20, overhead_runs=30, overhead_rounds=4)
 # A few minutes on two cores: the same benchmarks on smaller tables, shorter spacing, fewer repetitions.
 QUICK = Plan(sizes=(2_000, 10_000), ingest_size=10_000, ingest_attempts=1, idle_interval=0.5, plain_polls=4,
@@ -107,14 +107,13 @@ def _k(n: int) -> str:
     return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
 
 
-def run(plan: Plan, log: Any) -> tuple[dict[str, Result], dict[str, Any]]:
+def run(plan: Plan, log: Any) -> dict[str, Any]:
     use_test_support()
     from support import PgServer
 
     server = PgServer()
     url = server.create_database()
     overhead_url = server.create_database()
-    results: dict[str, Result] = {}
     info: dict[str, Any] = {}
     try:
         info["machine"] = machine(url)
@@ -144,7 +143,7 @@ def run(plan: Plan, log: Any) -> tuple[dict[str, Result], dict[str, Any]]:
             overhead = _run_json("overhead", overhead_url, sink_url, "--runs", str(plan.overhead_runs),
                                  "--rounds", str(plan.overhead_rounds))
             log(f"overhead: {overhead}")
-        small, big = min(plan.sizes), max(plan.sizes)
+        big = max(plan.sizes)
         fresh = asyncio.run(freshness.measure(url, f"bench_size_{big}", gen, plan.poll_interval, plan.probes))
         log(f"freshness: {fresh}")
         scraped = scrape.measure(captured, plan.scrape_series, plan.scrape_repeat)
@@ -159,7 +158,16 @@ def run(plan: Plan, log: Any) -> tuple[dict[str, Result], dict[str, Any]]:
         for db in (url, overhead_url):
             server.drop_database(db)
         server.stop()
+    return info
 
+
+def figures(plan: Plan, info: dict[str, Any]) -> dict[str, Result]:
+    """Each figure with its baseline, from what :func:`run` measured (also from a saved ``_details``)."""
+    results: dict[str, Result] = {}
+    qe = not str(info["query_exporter"]).startswith("skipped")
+    at = {int(size): a for size, a in info["sizes"].items()}
+    fresh, scraped, overhead = info["freshness"], info["scrape"], info["overhead"]
+    small, big = min(at), max(at)
     ing = info["ingest"]
     n_ing = _k(plan.ingest_size)
     limit = "psycopg fetch + orjson parse of the same rows (the limit)"
@@ -186,6 +194,11 @@ def run(plan: Plan, log: Any) -> tuple[dict[str, Result], dict[str, Any]]:
         results[f"idle_poll_cpu{suffix}"] = Result(
             cpu[q] * 1e3, "ms", peer_cpu["median"] * 1e3, f"{peer_label}: CPU", False,
             "≤ 2 ms" if q == "median" else "", f"{where}, create-index, {what} CPU, {q}")
+    if (cpu_all := per_interval(b["idle"])) is not None:
+        results["idle_poll_cpu_per_interval"] = Result(
+            cpu_all * 1e3, "ms", (b["peer"].get("cpu") or b["peer"]["wall"])["median"] * 1e3, f"{peer_label}: CPU",
+            False, "", f"{where}, create-index, mean per interval: whole process + backends + parallel "
+            f"workers ({b['idle']['phase']['parallel_workers_launched']} launched)")
     results["idle_poll_no_index"] = Result(
         b["idle_no_index"]["wall"]["median"] * 1e3, "ms", b["peer"]["wall"]["median"] * 1e3, peer_label, False, "",
         f"{where}, agno's indexes only, median")
@@ -207,26 +220,42 @@ def run(plan: Plan, log: Any) -> tuple[dict[str, Result], dict[str, Any]]:
     results["agent_run_overhead"] = Result(
         overhead["off"] * 1e3, "ms", overhead["on"] * 1e3, "openinference-instrumentation-agno in process",
         False, "", f"{overhead['runs']} runs each")
-    return results, info
+    return results
 
 
 def _ms(x: dict[str, float] | None, q: str = "median") -> str:
     return "n/a" if x is None else f"{x[q] * 1e3:.3g}"
 
 
+def per_interval(phase: dict[str, Any]) -> float | None:
+    """CPU per poll interval over a whole idle phase: the exporter process (timers between polls
+    too), its backends, and Postgres processes that exited meanwhile (parallel workers; autovacuum
+    workers would count too, an upper bound), with the number of parallel workers launched."""
+    ph = phase["phase"]
+    parts = (ph["exporter_cpu_per_interval"], ph["backend_cpu_per_interval"], ph["exited_postgres_children_cpu"])
+    if parts[0] is None or parts[1] is None or parts[2] is None:
+        return None
+    return float(parts[0] + parts[1] + parts[2] / (ph["seconds"] / phase["interval"]))
+
+
+def _cpu_interval(phase: dict[str, Any]) -> str:
+    x = per_interval(phase)
+    return "n/a" if x is None else f"{x * 1e3:.3g} ({phase['phase']['parallel_workers_launched']} pw)"
+
+
 def per_size(info: dict[str, Any]) -> str:
     """Every size side by side: the figures the README table gives at 10^5 and 10^6 runs."""
     head = ("runs", "table MB", "first start runs/s", "idle wall ms med/p95", "idle CPU exp+pg ms med/p95",
-            "exp CPU ms med", "pg CPU ms med", "no-index wall ms", "par. workers", "our scrape ms",
-            "peer scrape ms", "peer CPU ms", "RSS peak/now MiB", "samples")
+            "exp CPU ms med", "pg CPU ms med", "CPU/interval ms", "no-index wall ms", "no-index CPU/interval ms",
+            "our scrape ms", "peer scrape ms", "peer CPU ms", "RSS peak/now MiB", "samples")
     rows = [head]
-    for size, a in sorted(info["sizes"].items()):
+    for size, a in sorted(info["sizes"].items(), key=lambda kv: int(kv[0])):
         idle, p, m = a["idle"], a["peer"], a["scrape"]["memory_kib"]
-        rows.append((f"{size:,}", f"{a['table_bytes'] / 1e6:,.0f}", f"{a['ingest']['runs_per_second']:,.0f}",
+        rows.append((f"{int(size):,}", f"{a['table_bytes'] / 1e6:,.0f}", f"{a['ingest']['runs_per_second']:,.0f}",
                      f"{_ms(idle['wall'])}/{_ms(idle['wall'], 'p95')}",
                      f"{_ms(idle['total_cpu'])}/{_ms(idle['total_cpu'], 'p95')}", _ms(idle["exporter_cpu"]),
-                     _ms(idle["postgres_cpu"]), _ms(a["idle_no_index"]["wall"]),
-                     str(idle["phase"]["parallel_workers_launched"]), _ms(a["scrape"]["wall"]), _ms(p["wall"]),
+                     _ms(idle["postgres_cpu"]), _cpu_interval(idle), _ms(a["idle_no_index"]["wall"]),
+                     _cpu_interval(a["idle_no_index"]), _ms(a["scrape"]["wall"]), _ms(p["wall"]),
                      _ms(p.get("cpu")), f"{m['VmHWM'] / 1024:.1f}/{m['VmRSS'] / 1024:.1f}",
                      str(a["scrape"]["samples"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -267,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    results, info = run(plan, log)
+    info = run(plan, log)
+    results = figures(plan, info)
     print(table(results))
     print()
     print(per_size(info))
