@@ -7,6 +7,7 @@ from settings), so a benchmark measures the product, not a rearranged copy of it
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -88,6 +89,24 @@ def check_exact(service: Service, url: str) -> None:
         raise AssertionError(f"exported {runs} runs / {tokens} tokens, agno's rows hold {want_runs} / {want_tokens}")
 
 
+def metric_totals(body: bytes, runs: str = "agno_runs_total", tokens: tuple[str, ...] = ("agno_tokens_total",),
+                  token_label: str | None = "token_type") -> tuple[int, int]:
+    """(runs, input+output tokens) summed over a ``/metrics`` body in the text format.
+
+    For our exposition tokens are one family with a ``token_type`` label; for a peer configured
+    with one metric per token type, pass those sample names and ``token_label=None``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n_runs, n_tokens = 0.0, 0.0
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            if s.name == runs:
+                n_runs += s.value
+            elif s.name in tokens and (token_label is None or s.labels.get(token_label) in ("input", "output")):
+                n_tokens += s.value
+    return round(n_runs), round(n_tokens)
+
+
 async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = await fn()
@@ -104,11 +123,42 @@ def percentile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
-def memory_kib() -> dict[str, int]:
-    """Resident set size now and at its peak (VmRSS, VmHWM), from /proc."""
+def memory_kib(pid: int | str = "self") -> dict[str, int]:
+    """Resident set size now and at its peak (VmRSS, VmHWM), in KiB, from /proc/<pid>/status."""
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(rest.split()[0])
     return out
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time of every live thread of ``pid`` in nanoseconds (/proc/<pid>/task/*/schedstat, whose
+    first field is the time spent running: nanosecond resolution, where /proc/<pid>/stat counts
+    10 ms ticks). None when the process is not readable here (another host, another user)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children_cpu_seconds(pid: int) -> float | None:
+    """CPU of the reaped children of ``pid`` (cutime + cstime of /proc/<pid>/stat, 10 ms ticks).
+
+    For the postmaster this is where parallel workers end up: each exits after its query, so it
+    cannot be read while the query runs, and the postmaster reaps it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime, cstime
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (of a Postgres backend: the postmaster), or None if not readable."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("ingest_metrics", "ingest_metrics_vs_agno_api", "ingest_spans", "idle_poll", "idle_poll_no_index",
+BENCHMARKS = ("ingest_metrics", "ingest_metrics_vs_agno_api", "ingest_spans", "idle_poll", "idle_poll_p95",
+              "idle_poll_cpu", "idle_poll_cpu_p95", "idle_poll_no_index", "scrape_vs_query_exporter",
               "freshness_p50", "freshness_p99", "freshness_wake_p50", "freshness_wake_p99", "notify_trigger_commit",
               "scrape_openmetrics", "scrape_text", "rss_peak", "agent_run_overhead")
 
@@ -37,3 +38,7 @@ def test_quick_benchmarks_report_every_benchmark(tmp_path: Path) -> None:
         assert r["unit"], name
     for name in BENCHMARKS:  # the printed table names each one
         assert name in proc.stdout
+    # the peer under deletes: ours keeps its totals (query-exporter's, when installed, drop)
+    deletes = results["_details"]["deletes"]
+    assert deletes["deleted_runs"] > 0 and deletes["after"]["ours"] == deletes["before"]["ours"]
+    assert "under deletes" in proc.stdout
