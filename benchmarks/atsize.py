@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 
 from exporter.commands.index import create_index, index_name
+from exporter.ingest.runs_table import RunsTable
 
 from .harness import FINAL, check_exact, make_service, median, memory_kib, timed
 
@@ -43,13 +44,18 @@ async def measure(url: str, schema: str, idle_polls: int, aggregates: int) -> di
     seconds, result = await timed(collector.poll_once)
     mem = memory_kib()
     check_exact(service, url)
+    open_rows: list[float] = []  # rows of agno's table the open runs' update read per idle poll (ingest.openruns)
+
     async def idle() -> float:
         times: list[float] = []
+        trackers = [r.open for r in service.source.readers if isinstance(r, RunsTable)]
+        rows0 = sum(t.rows_read for t in trackers)
         for _ in range(idle_polls):
             dt, again = await timed(collector.poll_once)
             if again.counted:
                 raise AssertionError("the idle poll counted runs: the table changed under the benchmark")
             times.append(dt)
+        open_rows.append((sum(t.rows_read for t in trackers) - rows0) / max(1, idle_polls))
         return median(times)
 
     idle_plain = await idle()
@@ -76,6 +82,7 @@ async def measure(url: str, schema: str, idle_polls: int, aggregates: int) -> di
         "rss_kib": mem["VmRSS"], "peak_rss_kib": mem["VmHWM"],
         "idle_poll_seconds": idle_indexed, "idle_poll_no_index_seconds": idle_plain,
         "create_index_seconds": index_seconds, "sql_aggregate_seconds": median(agg),
+        "idle_open_rows_read": open_rows[1], "idle_open_rows_read_no_index": open_rows[0],
     }
 
 
