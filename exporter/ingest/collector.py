@@ -43,6 +43,7 @@ from exporter.ingest.poll import (
     settle_heap,
 )
 from exporter.ingest.readers import Reader, Source
+from exporter.ingest.retention import LedgerPruner
 from exporter.ingest.source import Candidate, Snapshot
 from exporter.records.ids import trace_id_hex
 from exporter.records.nesting import build_row_runs
@@ -109,6 +110,8 @@ class RunCollector:
         self._top_due: float | None = None  # database time a refresh is owed from (runs counted since)
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
         self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
+        grace = options.max_lookback if options.forget_after is None else options.forget_after
+        self.pruner = LedgerPruner(state, source, grace, options.prune_batch, options.prune_interval)
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -121,6 +124,8 @@ class RunCollector:
         rows = await self.state.load_series()
         self.sink.restore(rows)
         await self.source.refresh(force=True)
+        self.source.forget_open()
+        self.pruner.reload()
         self.started = True
         log.info("state loaded: %d series", len(rows))
         settle_heap()
@@ -157,6 +162,9 @@ class RunCollector:
             return result
         # After refresh: the snapshot watches the writers of every table about to be read.
         snap = await self.source.snapshot()
+        # The open runs are read from the same window as the candidates (exporter.ingest.openruns); none
+        # before the first watermark (a backfill).
+        since = {r.key: wm.low - self.opts.clock_skew for r in readers if (wm := await self._watermark(r)).low > 0}
         try:
             for reader in readers:
                 await self._read(reader, await self._watermark(reader), snap, result)
@@ -194,8 +202,10 @@ class RunCollector:
         self.open_runs = [
             OpenRuns(r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
                      max(0.0, snap.now - float(r["oldest"] or snap.now)))
-            for r in await self.source.open_runs(snap.now, self.opts.stuck_after)
+            for r in await self.source.open_runs(snap.now, self.opts.stuck_after, since)
         ]
+        if self.opts.prune_batch > 0:
+            await self.pruner.step(snap.now)  # bounded: at most prune_batch ledger rows
         return result
 
     async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult) -> None:

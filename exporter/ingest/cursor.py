@@ -67,6 +67,27 @@ The cost of re-reading grows with the oldest writer; ``max_lookback`` bounds it:
 ``agno_exporter_lookback_clamped_total``): runs that writer commits later with older stamps are
 then missed, which is why the clamp is reported.
 
+**The open runs read the same window** (:mod:`exporter.ingest.openruns`). The in-progress gauges keep
+every open run in memory; poll *k* reads the rows (any status) stamped at or after
+``L_{k-1} - clock_skew``, after its snapshot. Its previous read (at *O_{k-1}*, after *R_{k-1}*) saw
+every row version committed before it; a version it did not see was not visible at *R_{k-1}*
+either, so by *I_{k-1}* it is stamped at least ``L_{k-1} - clock_skew`` and poll *k* reads the
+row's current version. Each run's entry thus follows its row, except for deletions, which leave no
+stamp: the table's deleted-rows counter (and its oid and file, for TRUNCATE and a re-created table)
+is read in the same statement, and when it moved every open run is read whole. A process starts
+(and a promoted replica, and a poll after a failure) with a whole read.
+
+**Forgetting is safe** (:mod:`exporter.ingest.retention`). "Nothing is doubled" needs a run's id in the
+state for as long as a poll can list the run again, that is while agno holds a row with its id
+(or, for a run counted from a nested copy, the row holding it): agno rewrites a run under the same
+id (REGENERATED) with a new stamp, inside any window. So a run's row in the state stays while agno
+holds it, whatever its age, and goes only after two sweeps at least ``grace`` apart (default
+``max_lookback``) found agno not holding it, with its spans delivered. A run agno writes back
+after that is counted as a new run (the one case a deletion can double, documented). Agno's spans
+are never rewritten (inserted once, ``span_id`` their key): a delivered span's dedupe row goes
+once the span is older than the window (queued before ``L - clock_skew - max_lookback``), since no
+poll lists it again. The counters are not the ledger: their totals are the state's series rows.
+
 agno 2.x (:mod:`exporter.ingest.legacy`) keeps runs in the sessions table and stamps the session's
 ``updated_at`` on each save; agno's tracing (:mod:`exporter.sinks.otel.agno_spans`) stamps a span's
 ``created_at`` before inserting it. The same rule holds for both, with their table watched.

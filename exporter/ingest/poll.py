@@ -39,6 +39,11 @@ class CollectorOptions:
     session_settle: float = 5.0
     max_pending_session_checks: int = 10_000
     cursor_save_interval: float = 10.0
+    # the run ledger forgets runs agno deleted (exporter.ingest.retention): rows looked at per poll while a
+    # sweep runs, how often to look for deletions, how long a run must stay gone (None: max_lookback)
+    prune_batch: int = 1000
+    prune_interval: float = 60.0
+    forget_after: float | None = None
 
 
 class OpenRuns(NamedTuple):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from exporter.config import DatabaseSettings
@@ -75,8 +75,19 @@ class Source(Protocol):
         """run id -> the id of its trace's root run."""
         ...
 
-    async def open_runs(self, now: float, stuck_after: float) -> list[dict[str, Any]]:
-        """Unfinished runs by run_type, name, status: n, stuck (older than ``stuck_after``), oldest."""
+    async def open_runs(self, now: float, stuck_after: float,
+                        since: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+        """Unfinished runs by run_type, name, status: n, stuck (older than ``stuck_after``), oldest.
+        ``since``: reader key -> the start of its re-read window this poll (what may be read
+        incrementally, :mod:`exporter.ingest.openruns`)."""
+        ...
+
+    def forget_open(self) -> None:
+        """Read every open run again at the next :meth:`open_runs` (a start, a promotion, a failure)."""
+        ...
+
+    def deletion_signal(self) -> object | None:
+        """What moves when agno deletes rows (:mod:`exporter.ingest.retention`); None: nothing is forgotten."""
         ...
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -158,7 +169,7 @@ class AgnoSource:
         legacy: list[LegacyTable] = []
         for pair, read_runs, read_legacy in self._pairs(layout):
             if read_runs and pair.runs_table:
-                r = old.get(f"{self.schema}.{pair.runs_table}")  # keeps its cache of open runs' names
+                r = old.get(f"{self.schema}.{pair.runs_table}")  # keeps its open runs (exporter.ingest.openruns)
                 runs.append(r if isinstance(r, RunsTable) and r.sessions_table == pair.sessions_table
                             else RunsTable(self.db, self.schema, pair.runs_table, pair.sessions_table))
             if read_legacy and pair.sessions_table and all(x.key != f"{self.schema}.{pair.sessions_table}.runs"
@@ -239,6 +250,24 @@ class AgnoSource:
         :meth:`refresh`, so that each reader's table is watched."""
         return await take_snapshot(self.db, [r.written for r in self.readers])
 
+    def deletion_signal(self) -> object | None:
+        """What moves when agno deletes rows from the tables read (:mod:`exporter.ingest.retention`), as the
+        last poll read it: equal values mean nothing was deleted in between. None while an agno 2.x
+        runs column is read (a run leaves it by a rewrite of its session, no deletion); an object
+        equal to nothing when a table's signal is unknown."""
+        if self._legacy or not self._runs:
+            return None
+        signals = tuple(r.open.signal for r in self._runs)
+        if any(s is None or None in s for s in signals):
+            return object()
+        return signals
+
+    def forget_open(self) -> None:
+        """Read every open run again at the next poll (a start, a promotion, a reconnect: what happened
+        meanwhile is not known)."""
+        for runs in self._runs:
+            runs.open.forget()
+
     async def fetch_runs(self, refs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
         """Rows of the given runs, from the runs tables first (they win), then the legacy columns."""
         rows: list[dict[str, Any]] = []
@@ -291,10 +320,14 @@ class AgnoSource:
             rest = [ref for ref in rest if ref[0] not in roots]
         return roots
 
-    async def open_runs(self, now: float, stuck_after: float) -> list[dict[str, Any]]:
+    async def open_runs(self, now: float, stuck_after: float,
+                        since: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+        """Open runs of every table read, grouped (:func:`exporter.ingest.source.group_open_runs`). ``since``:
+        reader key -> the start of its re-read window this poll (unix seconds); a runs table without
+        one has every open run read (see :mod:`exporter.ingest.openruns`)."""
         parts: list[dict[str, Any]] = []
         for runs in self._runs:
-            parts.extend(await runs.open_runs(now, stuck_after))
+            parts.extend(await runs.open_runs(now, stuck_after, since=(since or {}).get(runs.key)))
         for legacy in self._legacy:
             parts.extend(await legacy.open_runs(now, stuck_after, LEGACY_OPEN_WINDOW))
         return group_open_runs(parts)

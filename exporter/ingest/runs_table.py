@@ -10,6 +10,7 @@ from typing import Any
 from psycopg import sql
 
 from exporter.db import Database
+from exporter.ingest.openruns import OpenRunsTracker
 from exporter.ingest.source import (
     FINAL_SORTED,
     RUN_COLUMNS,
@@ -22,7 +23,6 @@ from exporter.ingest.source import (
     identity_projection,
     take_snapshot,
 )
-from exporter.records.parse import run_identity
 
 
 class RunsTable:
@@ -38,8 +38,7 @@ class RunsTable:
         self.written = (schema, runs_table)  # what agno writes a run's final status to (exporter.ingest.cursor)
         self._runs = sql.Identifier(schema, runs_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
-        # run id -> (run type, name label), of the runs open at the last poll
-        self._open_names: dict[str, tuple[str, str]] = {}
+        self.open = OpenRunsTracker(db, schema, runs_table, identity_projection("run_data"))  # the runs still open
 
     async def snapshot(self) -> Snapshot:
         return await take_snapshot(self.db, [self.written])
@@ -145,36 +144,17 @@ class RunsTable:
         # A parent row that does not exist (yet) leaves `parent` set: the trace root is that parent id.
         return {r["start"]: (r["parent"] or r["run_id"]) for r in rows}
 
-    async def open_runs(self, now: float, stuck_after: float, limit: int = 1000) -> list[dict[str, Any]]:
+    async def open_runs(self, now: float, stuck_after: float, limit: int = 1000,
+                        since: float | None = None) -> list[dict[str, Any]]:
         """Runs still PENDING/RUNNING, grouped by type/name/status: how many, how many stuck, oldest start.
 
-        agno indexes ``status``, so this reads only the open runs, whatever the table size. Their
-        names live in run_data; a run's name never changes, so it is read once per run (and forgotten
-        when the run is no longer open): polls read no JSON unless a new run has started. ``name`` is
-        the label (:func:`exporter.records.values.run_label`).
+        Kept in memory and brought up to date from the rows written since ``since`` (the re-read
+        window's start, unix seconds; None: every open run is read), see :mod:`exporter.ingest.openruns`:
+        with the opt-in index an idle poll reads none of agno's rows. ``name`` is the label
+        (:func:`exporter.records.values.run_label`).
         """
-        async with self.db.statement() as conn:
-            cur = await conn.execute(
-                sql.SQL("SELECT run_id, status, created_at FROM {t} WHERE status = ANY(%(open)s)").format(
-                    t=self._runs), {"open": ["PENDING", "RUNNING"]})
-            rows = await cur.fetchall()
-            names = {r["run_id"]: self._open_names[r["run_id"]] for r in rows if r["run_id"] in self._open_names}
-            missing = [r["run_id"] for r in rows if r["run_id"] not in names]
-            if missing:
-                cur = await conn.execute(sql.SQL(
-                    "SELECT run_id, run_type, agent_id, team_id, workflow_id, {ident} AS run_data"
-                    " FROM {t} WHERE run_id = ANY(%(ids)b)").format(
-                        t=self._runs, ident=identity_projection("run_data")), {"ids": missing})
-                for r in await cur.fetchall():
-                    run_type, _, name = run_identity(r, r["run_data"] or {})
-                    names[r["run_id"]] = (run_type, name)
-        self._open_names = names
-        cutoff = int(now - stuck_after)
-        return group_open_runs(
-            ({"run_type": names[r["run_id"]][0], "name": names[r["run_id"]][1], "status": r["status"], "n": 1,
-              "stuck": int(r["created_at"] is not None and r["created_at"] < cutoff), "oldest": r["created_at"]}
-             for r in rows if r["run_id"] in names),  # not there: deleted between the two reads
-            limit)
+        await self.open.update(since)
+        return group_open_runs(self.open.groups(int(now - stuck_after)), limit)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """session id -> (finished runs, open runs) in agno's table (session_id is indexed by agno)."""

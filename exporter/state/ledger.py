@@ -1,5 +1,6 @@
 """The ledger of counted runs: one transaction counts a batch exactly once (the insert of the run ids is the
-dedupe), with its sessions' totals and the sinks' staged rows.
+dedupe), with its sessions' totals and the sinks' staged rows; and its bounding: the rows of runs agno no
+longer holds are marked, then forgotten (:mod:`exporter.ingest.retention` decides, these methods write).
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ class BatchResult:
     # (run id, reason) of the skips recorded by this batch: a skip already recorded (by an earlier
     # process or a replica) is not in it, so each skip is counted and logged once
     new_skipped: list[tuple[str, str]] = field(default_factory=list)
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """A row of the run ledger as a retention sweep sees it (:mod:`exporter.ingest.retention`)."""
+
+    run_id: str
+    host_run_id: str | None  # the run whose row holds this run's copy (nested runs)
+    traces_exported: bool  # its spans are delivered (or traces are off): the outbox no longer needs it
+    missing_since: float | None  # unix seconds a sweep first found agno not holding it; None: held
+
 
 class Ledger(SessionState):
     async def known(self, run_ids: Sequence[str]) -> set[str]:
@@ -126,3 +137,44 @@ class Ledger(SessionState):
         await self._grew("runs", len(new_ids) + len(new_skipped))
         await self._grew("sessions", len(new_sessions))
         return BatchResult(fresh, new_sessions, staged, new_skipped)
+
+    # --- the bounded ledger (exporter.ingest.retention) ---------------------------------------------
+
+    async def ledger_page(self, after: str, limit: int) -> list[LedgerRow]:
+        """Rows of the run ledger after ``after`` in run id order (the primary key: a range scan)."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT run_id, host_run_id, traces_exported, missing_since FROM {s}.runs"
+                        " WHERE source = %s AND run_id > %s ORDER BY run_id LIMIT %s"),
+                (self.source, after, limit))
+            return [LedgerRow(r["run_id"], r["host_run_id"], r["traces_exported"], r["missing_since"])
+                    for r in await cur.fetchall()]
+
+    async def oldest_missing(self) -> float | None:
+        """When the longest-missing run still in the ledger was first found gone (None: none is)."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("SELECT min(missing_since) AS t FROM {s}.runs WHERE source = %s AND missing_since IS NOT NULL"),
+                (self.source,))
+            row = await cur.fetchone()
+        return None if row is None or row["t"] is None else float(row["t"])
+
+    async def sweep_ledger(self, gone: Sequence[str], back: Sequence[str], forget: Sequence[str], now: float,
+                           before: float) -> int:
+        """One sweep step in one transaction: mark ``gone`` runs missing since ``now`` (unless marked
+        already), clear the mark of runs agno holds again (``back``), and delete the ``forget`` rows
+        still marked before ``before`` whose spans are delivered; returns the rows deleted."""
+        async with self.db.transaction() as conn:
+            if gone:
+                await conn.execute(self._q("UPDATE {s}.runs SET missing_since = %s WHERE source = %s"
+                                           " AND run_id = ANY(%b) AND missing_since IS NULL"),
+                                   (now, self.source, list(gone)))
+            if back:
+                await conn.execute(self._q("UPDATE {s}.runs SET missing_since = NULL WHERE source = %s"
+                                           " AND run_id = ANY(%b)"), (self.source, list(back)))
+            if not forget:
+                return 0
+            cur = await conn.execute(self._q("DELETE FROM {s}.runs WHERE source = %s AND run_id = ANY(%b)"
+                                             " AND missing_since < %s AND traces_exported"),
+                                     (self.source, list(forget), before))
+            return cur.rowcount

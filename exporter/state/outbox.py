@@ -111,3 +111,13 @@ class Outboxes(StateBase):
                 self._q("UPDATE {s}.forwarded_spans SET exported = true WHERE source = %s AND span_id = ANY(%b)"),
                 (self.source, list(span_ids)),
             )
+
+    async def forget_spans(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` delivered spans queued before ``before`` (unix seconds); returns how
+        many. Only for spans no poll can list again (:class:`exporter.sinks.otel.agno_spans.SpanPoller`)."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self._q("DELETE FROM {s}.forwarded_spans WHERE source = %s AND span_id IN (SELECT span_id"
+                        " FROM {s}.forwarded_spans WHERE source = %s AND exported AND queued_at < %s LIMIT %s)"),
+                (self.source, self.source, before, limit))
+            return cur.rowcount

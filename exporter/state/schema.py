@@ -92,6 +92,12 @@ class StateBase:
                 " PRIMARY KEY (source, span_id))",
                 "CREATE INDEX IF NOT EXISTS forwarded_spans_pending ON {s}.forwarded_spans (source, queued_at)"
                 " WHERE NOT exported",
+                # Bounded ledger (exporter.ingest.retention): when a sweep first found agno no longer holding the run
+                "ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS missing_since double precision",
+                "CREATE INDEX IF NOT EXISTS runs_missing ON {s}.runs (source, missing_since)"
+                " WHERE missing_since IS NOT NULL",
+                # forwarded spans that left the re-read window are forgotten by age (Outboxes.forget_spans)
+                "CREATE INDEX IF NOT EXISTS forwarded_spans_queued ON {s}.forwarded_spans (source, queued_at)",
                 "INSERT INTO {s}.meta VALUES ('schema_version', '1') ON CONFLICT DO NOTHING",
             ):
                 await conn.execute(self._q(stmt))
@@ -138,6 +144,19 @@ class StateBase:
         g[1] += added
         if g[1] >= max(ANALYZE_MIN_ROWS, g[0]):
             await self.analyze(table)
+
+    async def load_meta(self, key: str) -> str | None:
+        """A value the exporter keeps in its state (``meta``), per source; None when never saved."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(self._q("SELECT value FROM {s}.meta WHERE key = %s"), (f"{key}:{self.source}",))
+            row = await cur.fetchone()
+        return None if row is None else str(row["value"])
+
+    async def save_meta(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` (per source) in the state's ``meta``, replacing the last one."""
+        async with self.db.transaction() as conn:
+            await conn.execute(self._q("INSERT INTO {s}.meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
+                                       " SET value = EXCLUDED.value"), (f"{key}:{self.source}", value))
 
     async def can_write(self) -> tuple[bool, str]:
         """Whether this role may create/write the state schema (for `check`)."""

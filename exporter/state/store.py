@@ -7,6 +7,10 @@ One batch is one transaction: insert the run ids (the primary key makes a second
 so a run is counted at most once, across restarts and kill -9), update the session totals, and
 write the new values of every series the batch changed. Memory is updated only after the commit.
 
+The run ledger (``runs``) holds a row per run agno still holds, plus runs it deleted less than a
+grace ago (:mod:`exporter.ingest.retention`); ``forwarded_spans`` the spans still in the re-read window or
+waiting for delivery (:meth:`PostgresState.forget_spans`). The totals (``series``) never shrink.
+
 Lists go to Postgres as binary arrays (``%b``): in text format psycopg escapes every element with
 a regular expression, which was a third of the collector's CPU when counting a large table.
 

@@ -99,8 +99,15 @@ class MemorySource:
             roots[run_id] = root
         return roots
 
-    async def open_runs(self, now: float, stuck_after: float) -> list[dict[str, Any]]:
+    async def open_runs(self, now: float, stuck_after: float,
+                        since: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
         return []
+
+    def forget_open(self) -> None:
+        pass
+
+    def deletion_signal(self) -> object | None:
+        return None  # nothing is forgotten (the ledger's bounding has Postgres tests of its own)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         return {}  # no session is complete: the session check waits (it has Postgres tests of its own)

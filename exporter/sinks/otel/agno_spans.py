@@ -125,6 +125,10 @@ class PollerOptions:
     clock_skew: float = 10.0
     max_lookback: float = 3600.0
     backfill: bool = True
+    # forwarded_spans rows of delivered spans that left the re-read window are deleted, at most this
+    # many per poll, every forget_interval seconds (and on every poll while a full batch went)
+    forget_batch: int = 5000
+    forget_interval: float = 60.0
 
 
 class SpanPoller:
@@ -153,6 +157,8 @@ class SpanPoller:
         self.watermark = Watermark(max_lookback=options.max_lookback)
         self.window_log = WindowLog(log, source.key, options.max_lookback)
         self.started = False
+        self._forget_at = float("-inf")
+        self.forgotten = 0  # forwarded_spans rows this process deleted
         self.polls = 0  # successful polls, table present or not (tests wait on it)
         self.table_missing = False
         self.queued = Counter("agno_exporter_agno_spans_queued",
@@ -194,8 +200,23 @@ class SpanPoller:
             self.clamped.inc()
         self.window_log.report(adv, snap.now)
         await self.state.save_cursor(adv.low)
+        await self._forget(snap.now)
         self.polls += 1
         return queued
+
+    async def _forget(self, now: float) -> None:
+        """Keep ``forwarded_spans`` as small as the re-read window. agno inserts a span once and never
+        updates it, so a span stamped before the window (``low - clock_skew``) is never listed again
+        and its dedupe row can go once delivered. Rows hold when they were queued (the exporter's
+        clock), after the span's stamp: ``max_lookback`` more covers an app clock ahead of it."""
+        if (self.watermark.low == 0.0 or self.opts.forget_batch <= 0
+                or now - self._forget_at < self.opts.forget_interval):
+            return
+        before = self.watermark.low - self.opts.clock_skew - self.opts.max_lookback
+        n = await self.state.forget_spans(before, self.opts.forget_batch)
+        self.forgotten += n
+        # a full batch: more are due, so the next poll goes on (bounded per poll)
+        self._forget_at = float("-inf") if n == self.opts.forget_batch else now
 
     async def _read(self, snap: Snapshot) -> int:
         if self.watermark.low == 0.0:
