@@ -73,6 +73,21 @@ def _identifier(value: str) -> str:
 Identifier = Annotated[str, BeforeValidator(lambda v: _identifier(str(v)))]
 
 
+_WAKE_WORDS = {"auto": "auto", "true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _wake_mode(value: Any) -> Any:
+    """``auto``, or a boolean (YAML's, or true/false/yes/no/on/off from the environment)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _WAKE_WORDS:
+        return _WAKE_WORDS[value.strip().lower()]
+    raise ValueError(f"{value!r} is not auto, true or false")
+
+
+WakeMode = Annotated[Literal["auto"] | bool, BeforeValidator(_wake_mode)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
@@ -132,6 +147,12 @@ class CollectorSettings(_Strict):
     stuck_after: Duration = 900.0
     # agno saves a session's totals after its run's row: compare them this long after the last run counted
     session_check_delay: Duration = 5.0
+    # Wake the poll loop when agno commits a finished run (exporter.ingest.notify): "auto" listens while a
+    # table read carries the trigger `create-notify-trigger` installs; true always; false never.
+    wake_on_notify: WakeMode = "auto"
+    # Polls a notification starts are at least this far apart (start to start): a stream of finished
+    # runs makes at most 1/wake_min_interval polls a second, each counting what arrived meanwhile.
+    wake_min_interval: Duration = 0.05
 
     @field_validator("poll_interval")
     @classmethod

@@ -9,6 +9,8 @@ from typing import TextIO
 
 import psycopg
 
+from exporter.commands.notify_trigger import check_line as notify_check
+from exporter.commands.notify_trigger import layout_tables
 from exporter.config import Settings
 from exporter.db import ConnectOptions, Database, redact
 from exporter.ingest.discovery import discover
@@ -58,6 +60,8 @@ async def run_check(settings: Settings, out: TextIO) -> int:
             if elsewhere:
                 say("--", f"agno tables in other schemas, not read (database.schema is {d.schema_name!r}): "
                           + ", ".join(t.describe() for t in elsewhere))
+            tables = layout_tables(d.schema_name, layout, forced)
+            say(*await notify_check(conn, settings.collector.wake_on_notify, tables))
         say(*await _tracing_tables(settings, db))
     except psycopg.Error as exc:
         say("FAIL", f"database.url: cannot connect or read: {redact(str(exc), url).strip()}")

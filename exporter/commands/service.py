@@ -24,6 +24,7 @@ from exporter.config import ConfigError, Settings, parse_listen
 from exporter.db import ConnectOptions, Database, redact
 from exporter.ingest.collector import RunCollector
 from exporter.ingest.leader import Leadership
+from exporter.ingest.notify import NotifyListener, Wakeup
 from exporter.ingest.poll import CollectorOptions
 from exporter.ingest.readers import AgnoSource
 from exporter.records.runs import RunRecord
@@ -38,6 +39,8 @@ from exporter.web.app import Health, Status, bound_port, build_app, serve
 from exporter.web.config import WebConfig, load_web_config
 
 log = logging.getLogger("agno_exporter")
+
+TOP_SESSIONS_MIN_GAP = 1.0  # seconds; CollectorOptions.top_sessions_min_gap at most this
 
 
 def agno_version() -> str:
@@ -102,7 +105,7 @@ class Service:
         self.state = PostgresState(self.state_db, s.state.schema_name, self.source.key, traces=s.traces_enabled)
         self.store = prom.new_store(s.metrics.label_value_limit)
         self.metrics = prom.SelfMetrics(self.registry, agno_version())
-        self.wake = asyncio.Event()
+        self.wake = Wakeup(prom.WakeSelfMetrics(self.registry), s.collector.wake_min_interval)
         self.trace_sink: Any = None
         self.agno_span_sink: Any = None
         self.span_poller: Any = None
@@ -118,6 +121,8 @@ class Service:
                 batch_size=s.collector.batch_size, clock_skew=s.collector.clock_skew,
                 max_lookback=s.collector.max_lookback, backfill=s.collector.backfill,
                 top_sessions=s.metrics.top_sessions, top_sessions_window=s.metrics.top_sessions_window,
+                # polls the wake-up starts may come many a second: the top-K query at most once a second
+                top_sessions_min_gap=min(TOP_SESSIONS_MIN_GAP, s.collector.poll_interval),
                 with_content=s.traces.capture_content,
                 stuck_after=s.collector.stuck_after,
                 session_settle=s.collector.session_check_delay,
@@ -191,6 +196,8 @@ class Service:
             self.tasks.append(asyncio.create_task(
                 self.collector.run(self.settings.collector.poll_interval, self.settings.collector.max_backoff,
                                    self.wake), name="collector"))
+            if self.settings.collector.wake_on_notify is not False:
+                self.tasks.append(asyncio.create_task(self._listener().run(), name="notify-listener"))
         if self.settings.traces_enabled:
             self.trace_sink = self._trace_sink()
             self.tasks.append(asyncio.create_task(self._run_sink(self.trace_state, self.trace_sink), name="traces"))
@@ -201,6 +208,14 @@ class Service:
                     name="agno-spans-poller"))
                 self.tasks.append(asyncio.create_task(self._run_sink(outbox_state, self.agno_span_sink),
                                                       name="agno-spans"))
+
+    def _listener(self) -> NotifyListener:
+        """The wake-up's LISTEN connection (exporter.ingest.notify): on agno's database, the leader only."""
+        c = self.settings.collector
+        leadership = self.collector.leadership
+        return NotifyListener(
+            self.source_db.opts, self.wake, lambda: [r.written for r in self.source.readers],
+            lambda: leadership.is_leader, c.wake_on_notify, c.discovery_interval, c.poll_interval, c.max_backoff)
 
     async def _run_sink(self, state: PostgresState, sink: Any) -> None:
         """The outbox lives in the state schema, which may not exist yet on a fresh database: create it

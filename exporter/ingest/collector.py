@@ -32,6 +32,7 @@ import psycopg
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.leader import Leadership
 from exporter.ingest.metrics import CollectorMetrics
+from exporter.ingest.notify import Wakeup
 from exporter.ingest.poll import (
     BackfillProgress,
     CollectorOptions,
@@ -106,6 +107,7 @@ class RunCollector:
         self._waiting_logged = False
         self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
+        self._top_due: float | None = None  # database time a refresh is owed from (runs counted since)
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
         self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
         grace = options.max_lookback if options.forget_after is None else options.forget_after
@@ -188,10 +190,14 @@ class RunCollector:
                 await self.state.save_cursor(low, reader.key)
                 self._cursor_saved[reader.key] = snap.now
         self.m.watermark.set(min(self.watermarks[r.key].low for r in readers))
-        if self.opts.top_sessions and (result.counted or snap.now - self._top_at >= self.opts.top_sessions_refresh):
+        if result.counted and self.opts.top_sessions and self._top_due is None:
+            self._top_due = self._top_at + self.opts.top_sessions_min_gap
+        owed = self._top_due is not None and snap.now >= self._top_due
+        if self.opts.top_sessions and (owed or snap.now - self._top_at >= self.opts.top_sessions_refresh):
             self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
                                                      self.opts.top_sessions)
             self._top_at = snap.now
+            self._top_due = None
         await self._check_sessions(snap.now)
         self.open_runs = [
             OpenRuns(r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
@@ -492,9 +498,11 @@ class RunCollector:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    async def run(self, interval: float, max_backoff: float = 60.0,
-                  wake: asyncio.Event | None = None) -> None:
-        """Poll forever; on failure report down, back off (:func:`exporter.retry.poll_backoff`) and retry."""
+    async def run(self, interval: float, max_backoff: float = 60.0, wake: Wakeup | None = None) -> None:
+        """Poll forever; on failure report down, back off (:func:`exporter.retry.poll_backoff`) and retry.
+        Between polls it waits ``interval`` seconds, or less when ``wake`` (the opt-in wake-up,
+        :mod:`exporter.ingest.notify`) says agno committed a finished run: polls at any times keep
+        exactly-once (:mod:`exporter.ingest.cursor`)."""
         backoff = poll_backoff(interval, max_backoff, self.rng)
         failures = 0
         told_state = False  # a state the role may not write is said once (it is counted every time)
@@ -545,9 +553,7 @@ class RunCollector:
             if wake is None:
                 await self.sleep(interval)
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), interval)
-                wake.clear()
+                await wake.wait(interval)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -58,3 +58,16 @@ class CollectorMetrics(Protocol):
     def rows_skipped(self) -> CountsBy: ...
     @property
     def rows_sanitized(self) -> CountsBy: ...
+
+
+class WakeMetrics(Protocol):
+    """The wake-up's (:mod:`exporter.ingest.notify`): ``wakeups`` counts the polls started, by one label,
+    the reason (interval, notify, listen); ``notifications`` counts the notifications received;
+    ``listening`` is 1 while the LISTEN connection is open, else 0."""
+
+    @property
+    def wakeups(self) -> CountsBy: ...
+    @property
+    def notifications(self) -> Counts: ...
+    @property
+    def listening(self) -> Sets: ...

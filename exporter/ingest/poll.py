@@ -29,6 +29,10 @@ class CollectorOptions:
     # The top-K query sorts every session active in the window: repeat it when runs were counted, else
     # only this often (so an idle poll stays cheap; a session leaves the window at most this late).
     top_sessions_refresh: float = 60.0
+    # ...and after runs were counted, not sooner than this after the last time: polls the wake-up starts
+    # (exporter.ingest.notify) may come many a second. A refresh put off is made by the next poll it is due
+    # at (the top-K lags the counters by at most a poll interval then, as it would without the wake-up).
+    top_sessions_min_gap: float = 0.0
     with_content: bool = False
     stuck_after: float = 900.0
     # agno writes a session's totals after the run's row; compare only once they have had time to settle

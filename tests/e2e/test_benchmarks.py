@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("ingest_metrics", "ingest_metrics_vs_agno_api", "ingest_spans", "idle_poll", "idle_poll_p95",
               "idle_poll_cpu", "idle_poll_cpu_p95", "idle_poll_no_index", "scrape_vs_query_exporter",
-              "freshness_p50", "freshness_p99", "scrape_openmetrics", "scrape_text", "rss_peak", "agent_run_overhead")
+              "freshness_p50", "freshness_p99", "freshness_wake_p50", "freshness_wake_p99", "notify_trigger_commit",
+              "scrape_openmetrics", "scrape_text", "rss_peak", "agent_run_overhead")
 
 
 @pytest.mark.slow

@@ -165,7 +165,8 @@ def test_top_level_help_lists_every_command() -> None:
     assert proc.returncode == 0
     listed = set(re.findall(r"^    ([a-z-]+)\s", proc.stdout, re.M))
     assert listed == {path.split()[0] for path in COMMANDS} == {
-        "collect", "run", "demo", "check", "create-index", "simulate-llm", "runs", "sessions"}
+        "collect", "run", "demo", "check", "create-index", "create-notify-trigger", "drop-notify-trigger",
+        "simulate-llm", "runs", "sessions"}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

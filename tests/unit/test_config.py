@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,16 @@ def test_forwarding_agno_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(None, environ={"AGNO_EXPORTER_TRACES__FORWARD_AGNO_SPANS": "yes"}).traces.forward_agno_spans
     with pytest.raises(ConfigError, match=r"database\.spans_table: 'a b' is not a plain SQL identifier"):
         load_settings(None, environ={"AGNO_EXPORTER_DATABASE__SPANS_TABLE": "a b"})
+
+
+def test_wake_settings_are_validated_naming_the_field() -> None:
+    def collector(**values: Any) -> Any:
+        return load_settings(None, environ={}, overrides={"collector": values}).collector
+
+    assert collector().wake_on_notify == "auto" and collector().wake_min_interval == 0.05
+    assert collector(wake_on_notify="off").wake_on_notify is False
+    assert collector(wake_min_interval="10ms").wake_min_interval == 0.01
+    with pytest.raises(ConfigError, match=r"collector\.wake_on_notify: 'maybe' is not auto, true or false"):
+        collector(wake_on_notify="maybe")
+    with pytest.raises(ConfigError, match=r"collector\.wake_min_interval: 'soon' is not a duration"):
+        collector(wake_min_interval="soon")

@@ -201,6 +201,28 @@ class SelfMetrics:
             self.poll_errors.labels(reason)
 
 
+class WakeSelfMetrics:
+    """The wake-up's self-metrics (the shape of :class:`exporter.ingest.metrics.WakeMetrics`), on the
+    registry given: ``agno_exporter_wakeups_total{reason}``, ``agno_exporter_notifications_total`` and
+    ``agno_exporter_notify_listening``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.wakeups = Counter(
+            "agno_exporter_wakeups",
+            "What started each poll: interval (collector.poll_interval passed), notify (agno committed a finished"
+            " run, see create-notify-trigger) or listen (the LISTEN connection was (re)opened: notifications"
+            " may have been missed).", ["reason"], registry=registry)
+        for reason in ("interval", "notify", "listen"):
+            self.wakeups.labels(reason)
+        self.notifications = Counter(
+            "agno_exporter_notifications",
+            "Notifications received from the wake-up trigger (a burst of them starts one poll).", registry=registry)
+        self.listening = Gauge(
+            "agno_exporter_notify_listening",
+            "1 while the collector listens for the wake-up trigger's notifications, else 0 (no trigger,"
+            " collector.wake_on_notify false, a standby, or the connection is down).", registry=registry)
+
+
 class TablesRead(Collector):
     """``agno_exporter_tables``: how many agno tables the collector reads, 0 when it found none.
 
