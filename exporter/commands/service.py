@@ -104,6 +104,7 @@ class Service:
         self.metrics = prom.SelfMetrics(self.registry, agno_version())
         self.wake = asyncio.Event()
         self.trace_sink: Any = None
+        self.trace_outbox: Any = None
         self.agno_span_sink: Any = None
         self.span_poller: Any = None
         self.forwarding_dbs: tuple[Database, ...] = ()
@@ -138,6 +139,7 @@ class Service:
 
     def _committed(self, records: Sequence[RunRecord]) -> None:
         if self.trace_sink is not None:
+            self.trace_outbox.offer(records)  # the records in memory: delivery need not read them again
             self.trace_sink.notify()
 
     def health(self) -> Health:
@@ -232,10 +234,11 @@ class Service:
                                           self.settings.collector.discovery_interval, quiet=True)
         state = PostgresState(self.trace_dbs[1], self.state.schema, self.source.key, traces=True)
         self.trace_state = state
+        self.trace_outbox = StateOutbox(state, source, with_content=t.capture_content,
+                                        active=lambda: self.collector.leadership.is_leader,
+                                        hold=self.settings.collector.stuck_after)
         return TraceSink(
-            StateOutbox(state, source, with_content=t.capture_content,
-                        active=lambda: self.collector.leadership.is_leader,
-                        hold=self.settings.collector.stuck_after),
+            self.trace_outbox,
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
             metrics=self.delivery_metrics,
