@@ -73,11 +73,12 @@ class StateOutbox:
     async def pending(self, limit: int) -> Sequence[PendingTrace]:
         if not self.active():
             return []
-        out: list[PendingTrace] = []
+        listed = await self.state.pending_traces(limit, self.clock(), self.hold)
+        out: dict[str, PendingTrace] = {}
         counted = []
-        for c in await self.state.pending_traces(limit, self.clock(), self.hold):
+        for c in listed:
             if (built := self._in_memory(c)) is not None:
-                out.append(built)
+                out[c.run_id] = built
             else:
                 counted.append(c)
         if counted:
@@ -106,12 +107,12 @@ class StateOutbox:
                     team = _find(parent, c.parent_run_id)
                     if team is not None and team.run_type == "team":
                         tool = delegating_tool(team, record)
-                out.append(PendingTrace(record, c.root_run_id, tool, tree))
+                out[c.run_id] = PendingTrace(record, c.root_run_id, tool, tree)
             except BadRow as exc:
                 log.warning("no spans for run %s: %s", c.run_id, exc)
                 gone.append(c.run_id)
         await self.mark_exported(gone)
-        return out
+        return [out[c.run_id] for c in listed if c.run_id in out]  # oldest first, as listed
 
     async def _tree(self, held: Sequence[RowRuns]) -> dict[str, tuple[RunRecord, ...]]:
         """run id -> the runs nested directly in it: what the rows hold nested, and the member runs of
