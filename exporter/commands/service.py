@@ -107,6 +107,7 @@ class Service:
         self.metrics = prom.SelfMetrics(self.registry, agno_version())
         self.wake = Wakeup(prom.WakeSelfMetrics(self.registry), s.collector.wake_min_interval)
         self.trace_sink: Any = None
+        self.trace_outbox: Any = None
         self.agno_span_sink: Any = None
         self.span_poller: Any = None
         self.forwarding_dbs: tuple[Database, ...] = ()
@@ -143,6 +144,7 @@ class Service:
 
     def _committed(self, records: Sequence[RunRecord]) -> None:
         if self.trace_sink is not None:
+            self.trace_outbox.offer(records)  # the records in memory: delivery need not read them again
             self.trace_sink.notify()
 
     def health(self) -> Health:
@@ -247,10 +249,11 @@ class Service:
                                           self.settings.collector.discovery_interval, quiet=True)
         state = PostgresState(self.trace_dbs[1], self.state.schema, self.source.key, traces=True)
         self.trace_state = state
+        self.trace_outbox = StateOutbox(state, source, with_content=t.capture_content,
+                                        active=lambda: self.collector.leadership.is_leader,
+                                        hold=self.settings.collector.stuck_after)
         return TraceSink(
-            StateOutbox(state, source, with_content=t.capture_content,
-                        active=lambda: self.collector.leadership.is_leader,
-                        hold=self.settings.collector.stuck_after),
+            self.trace_outbox,
             self.span_exporter,
             resource=make_resource(t.resource_attributes),
             metrics=self.delivery_metrics,

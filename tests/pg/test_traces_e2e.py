@@ -171,7 +171,9 @@ async def _runs_become_traces(db_url: str, sim_url: str, rx: OtlpReceiver) -> No
         first = rx.spans()
         metrics = Samples(await scrape_text(service.port))
 
-        # Export again: reset the outbox and wake the sink -> the same spans, byte for byte.
+        # Export again: reset the outbox and wake the sink -> the same spans, byte for byte. The first
+        # export built the runs the collector handed over in memory (StateOutbox.offer); this one
+        # re-reads them from agno's table, as after a restart: both paths must give the same spans.
         rx.clear()
         await asyncio.to_thread(reset_outbox, db_url)
         assert service.trace_sink is not None

@@ -1,8 +1,12 @@
 """The durable trace outbox: runs counted but not yet delivered as spans, kept in the state store.
 
 A run enters the outbox in the same transaction that counts it; the trace sink marks it exported
-only after the backend accepted its spans. Records are re-read from agno's table by run id, so the
-outbox holds ids, not spans, and memory stays bounded however long the backend is down. A run
+only after the backend accepted its spans. The outbox holds ids, not spans, so memory stays bounded
+however long the backend is down. The records the collector just counted are handed over in memory
+(:meth:`StateOutbox.offer`, at most ``keep`` of them): an agent run of its own row is built from there,
+with no second read of agno's table. Everything else — after a restart, a failed export, a cache
+that was full, a team or workflow run (whose layout needs the runs nested in it or its member rows) —
+is re-read from agno's table by run id, as the durable outbox always allows. A run
 nested in another run's row (a workflow's step, see records.build_row_runs) is re-read through
 that row. A run with a parent waits until its parent is counted (at most ``hold`` seconds): a team
 member's span hangs under the team's tool call that started it, which only the team's row tells.
@@ -12,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from exporter.ingest.readers import AgnoSource
 from exporter.records.nesting import MAX_NESTING, RowRuns, build_row_runs, delegating_tool
 from exporter.records.parse import row_run_id
 from exporter.records.runs import BadRow, RunRecord
 from exporter.sinks.otel.delivery import PendingTrace
+from exporter.state.outbox import Counted
 from exporter.state.store import PostgresState
 
 log = logging.getLogger("agno_exporter.traces")
@@ -27,18 +32,55 @@ log = logging.getLogger("agno_exporter.traces")
 class StateOutbox:
     def __init__(self, state: PostgresState, source: AgnoSource, with_content: bool = False,
                  active: Callable[[], bool] = lambda: True, hold: float = 900.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keep: int = 4096) -> None:
         self.state = state
         self.source = source
         self.with_content = with_content
         self.active = active  # with ha.enabled only the leader delivers spans
         self.hold = hold  # the longest a run waits for its parent to be counted (collector.stuck_after)
         self.clock = clock
+        self.keep = keep  # records held for delivery: about 1-3 KB each without content
+        self._recent: dict[str, RunRecord] = {}  # run id -> the record counted, oldest first
+
+    def offer(self, records: Iterable[RunRecord]) -> None:
+        """Records the collector has just committed (so queued here): kept until exported, for the
+        :meth:`pending` that delivers them. When ``keep`` are held, newer ones are not kept (the
+        oldest are delivered first; the others are re-read)."""
+        for record in records:
+            if len(self._recent) >= self.keep:
+                return
+            if record.host_run_id is None:  # nested runs are built from their host's row
+                self._recent[record.run_id] = record
+
+    def _in_memory(self, c: Counted) -> PendingTrace | None:
+        """``c`` built from the record the collector counted, when that gives what a re-read gives: an
+        agent run that is its own row (its spans depend on that row alone, no nested or member runs),
+        whose parent, if any, is in memory too (a team's record says which tool call started it)."""
+        record = self._recent.get(c.run_id)
+        if record is None or record.run_type != "agent" or c.host_run_id is not None:
+            return None
+        tool = None
+        if c.parent_run_id:
+            if c.parent_row_run_id != c.parent_run_id:
+                return None  # the parent is nested in another row (or not counted): read it
+            team = self._recent.get(c.parent_run_id)
+            if team is None:
+                return None
+            if team.run_type == "team":
+                tool = delegating_tool(team, record)
+        return PendingTrace(record, c.root_run_id, tool, {})
 
     async def pending(self, limit: int) -> Sequence[PendingTrace]:
         if not self.active():
             return []
-        counted = await self.state.pending_traces(limit, self.clock(), self.hold)
+        listed = await self.state.pending_traces(limit, self.clock(), self.hold)
+        out: dict[str, PendingTrace] = {}
+        counted = []
+        for c in listed:
+            if (built := self._in_memory(c)) is not None:
+                out[c.run_id] = built
+            else:
+                counted.append(c)
         if counted:
             await self.source.refresh()
         refs: dict[str, str | None] = {}  # row run id -> session id
@@ -53,7 +95,6 @@ class StateOutbox:
             except BadRow as exc:
                 rows[str(row_run_id(row))] = exc
         tree = await self._tree([r for r in rows.values() if isinstance(r, RowRuns)])
-        out: list[PendingTrace] = []
         gone: list[str] = []
         for c in counted:
             try:
@@ -66,12 +107,12 @@ class StateOutbox:
                     team = _find(parent, c.parent_run_id)
                     if team is not None and team.run_type == "team":
                         tool = delegating_tool(team, record)
-                out.append(PendingTrace(record, c.root_run_id, tool, tree))
+                out[c.run_id] = PendingTrace(record, c.root_run_id, tool, tree)
             except BadRow as exc:
                 log.warning("no spans for run %s: %s", c.run_id, exc)
                 gone.append(c.run_id)
-        await self.state.mark_traces_exported(gone)
-        return out
+        await self.mark_exported(gone)
+        return [out[c.run_id] for c in listed if c.run_id in out]  # oldest first, as listed
 
     async def _tree(self, held: Sequence[RowRuns]) -> dict[str, tuple[RunRecord, ...]]:
         """run id -> the runs nested directly in it: what the rows hold nested, and the member runs of
@@ -101,6 +142,8 @@ class StateOutbox:
 
     async def mark_exported(self, run_ids: Sequence[str]) -> None:
         await self.state.mark_traces_exported(run_ids)
+        for run_id in run_ids:
+            self._recent.pop(run_id, None)
 
 
 def _held(rows: dict[str, RowRuns | BadRow], row_id: str) -> RowRuns:

@@ -132,7 +132,26 @@ def make_resource(attributes: Mapping[str, str] | None = None) -> Resource:
         "telemetry.distro.version": __version__,
     }
     env = dict(OTELResourceDetector().detect().attributes)
-    return Resource.create({**defaults, **env, **dict(attributes or {})})
+    created = Resource.create({**defaults, **env, **dict(attributes or {})})
+    return HashedResource(created.attributes, created.schema_url)
+
+
+class HashedResource(Resource):
+    """A :class:`Resource` whose hash is computed once.
+
+    The OTLP encoder groups an export's spans by resource in a dict (``_encode_resource_spans`` in
+    opentelemetry-exporter-otlp-proto-common), so it hashes the resource once per span, and the SDK's
+    ``Resource.__hash__`` serialises every attribute to JSON each time: the largest cost of encoding a
+    batch of small spans. Every span shares this one immutable resource, so its hash cannot change;
+    equality is the SDK's (equal to a plain Resource with the same attributes).
+    """
+
+    def __init__(self, attributes: Mapping[str, AttributeValue], schema_url: str | None = None) -> None:
+        super().__init__(dict(attributes), schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def span_context(trace_id: int, span_id: int) -> SpanContext:
