@@ -190,9 +190,11 @@ async def _every_span_once(db_url: str, sim_url: str, rx: OtlpReceiver) -> None:
     assert first.sum("agno_exporter_spans_exported_total", origin="runs") > 0
     assert not {s.trace_id for s in received} & {s.trace_id for s in rx.spans() if s.scope != SCOPE}
 
-    # A restart re-reads the recent window (clock_skew) and sends nothing again.
+    # A restart re-reads the recent window (clock_skew) and sends nothing again. The window is made far
+    # longer than this test can take on a loaded machine, so the spans sent above are certainly in it
+    # (with the default 10 s, a slow restart could leave none to re-read and the check below would fail).
     rx.clear()
-    service = forwarding_service(db_url, rx)
+    service = forwarding_service(db_url, rx, clock_skew="10m")
     await service.start()
     try:
         poller = service.span_poller
