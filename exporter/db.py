@@ -28,15 +28,17 @@ _URL_PASSWORD_RE = re.compile(r"://[^:/@]*:([^@]*)@")
 def redact(text: str, url: str | None = None) -> str:
     """Hide passwords in URLs and conninfo strings (for logs, errors and pages).
 
-    With ``url``, its password is also hidden wherever it appears verbatim (libpq's parse errors
-    quote the offending token, e.g. a password with a bad percent-escape).
+    With ``url``, its password is also hidden where a message quotes it as a token (libpq's parse
+    errors quote the offending token, e.g. ``invalid percent-encoded token: "p%zz"``): only between
+    quotes or URL delimiters, never inside other words, so a password such as ``p`` or ``server`` does
+    not turn "port 1" into "***ort 1" (which garbles the message and gives the password away).
     """
     text = _PASSWORD_KV_RE.sub(r"\1***", _PASSWORD_RE.sub(r"\1***\2", text))
     if url:
         found = [m.group(1) for m in _URL_PASSWORD_RE.finditer(url)]
         found += [m.group(2).strip("'") for m in _PASSWORD_KV_RE.finditer(url)]
         for secret in sorted({v for f in found for v in (f, unquote(f)) if v}, key=len, reverse=True):
-            text = text.replace(secret, "***")
+            text = re.sub(r"(?<=[\"'=:])" + re.escape(secret) + r"(?=[\"'@&\s]|$)", "***", text)
     return text
 
 
