@@ -27,10 +27,11 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     def say(mark: str, text: str) -> None:
         print(f"[{mark}] {text}", file=out)
 
-    say("ok", "configuration is valid")
     if settings.database.url is None:
+        # invalid configuration (exit 2, as every command says it), not "valid" and then a failure
         say("FAIL", "database.url: not set (use --db-url, DATABASE_URL or the config file)")
-        return 1
+        return 2
+    say("ok", "configuration is valid")
     url = settings.database.url.get_secret_value()
     db = Database(ConnectOptions(url, settings.database.application_name, settings.database.statement_timeout,
                                  settings.database.connect_timeout, read_only=True))

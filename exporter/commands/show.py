@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from exporter.config import Settings
+from exporter.config import ConfigError, Settings
 from exporter.db import ConnectOptions, Database
 from exporter.ingest.readers import AgnoSource
 from exporter.records.nesting import build_row_runs
@@ -39,7 +39,8 @@ ALWAYS = ("input_tokens", "output_tokens", "total_tokens")  # shown even when 0,
 def _source(settings: Settings) -> AgnoSource:
     d = settings.database
     if d.url is None:
-        raise SystemExit("database.url: not set (use --db-url, DATABASE_URL or the config file)")
+        # the same error, and exit status 2, as collect's: a missing URL is invalid configuration
+        raise ConfigError("database.url: not set (use --db-url, DATABASE_URL or the config file)")
     db = Database(ConnectOptions(d.url.get_secret_value(), d.application_name, d.statement_timeout,
                                  d.connect_timeout, read_only=True))
     return AgnoSource.from_settings(db, d, quiet=True)

@@ -199,3 +199,16 @@ def test_demo_data_dir_and_web_config_file_mistakes(tmp_path: Path) -> None:
                "--web.config.file", str(tmp_path / "missing.yml"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"web.config_file: {tmp_path / 'missing.yml'}: cannot read: No such file or directory" in proc.stderr
+
+
+@pytest.mark.parametrize("command", [("collect",), ("runs", "show", "some-run"), ("sessions", "show", "some-session"),
+                                     ("check",), ("create-index",), ("create-notify-trigger",)])
+def test_no_database_url_is_invalid_configuration_for_every_command(tmp_path: Path, command: tuple[str, ...]) -> None:
+    # One exit status for one mistake: `runs show` exited 1 and `check` printed "[ok] configuration is
+    # valid" above its failure, while `collect` said invalid configuration with 2 (README: 2 = invalid
+    # configuration or command line). cwd is empty, so no config file is found there either.
+    proc = cli(*command, cwd=tmp_path, timeout=60)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 2, said
+    assert "Traceback" not in said and "configuration is valid" not in said
+    assert "database.url: not set (use --db-url, DATABASE_URL or the config file)" in said
