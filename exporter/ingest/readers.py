@@ -238,6 +238,11 @@ class AgnoSource:
         if self.layout is None:
             return []
         out = [(f"{self.schema}.{r.runs_table}", "read (agno 3.x runs table)") for r in self._runs]
+        # the session table of a runs table is read too (agno's stored session totals, checked against the
+        # runs): listed, so this section names the same tables as the status line's "tables read"
+        legacy = {r.table for r in self._legacy}
+        out += [(t, "read (the session totals agno stores)") for t in dict.fromkeys(
+            f"{self.schema}.{r.sessions_table}" for r in self._runs if r.sessions_table) if t not in legacy]
         out += [(r.table, "read (its agno 2.x runs column)") for r in self._legacy]
         layout = self.everywhere or self.layout
         out += [(t.qualified, f"not read: {why}") for t, why in layout.unread]

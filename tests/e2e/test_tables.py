@@ -209,6 +209,10 @@ def test_two_apps_in_one_database_each_counted_once(db_url: str, sim_url: str) -
     assert s.sum("agno_exporter_runs_collected_total") == len(cookbook)
     assert s.group("agno_session_disagreements_total", "name") == {("BackgroundMetricsAgent",): 1.0}
     assert "ai.agno_runs" in page and f"ai.{COOKBOOK}_runs" in page and "read (agno 3.x runs table)" in page
+    # the session tables are read too (agno's stored totals): the tables section lists them, as the
+    # status line's "tables read" does
+    for sessions in ("agno_sessions", COOKBOOK):
+        assert f"<td>ai.{sessions}</td><td>read (the session totals agno stores)</td>" in page
     # 3. A restart counts nothing again.
     s, _ = asyncio.run(run_service(len(everything)))
     assert_matches_agno(s, everything)
