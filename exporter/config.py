@@ -78,10 +78,9 @@ _WAKE_WORDS = {"auto": "auto", "true": True, "yes": True, "on": True, "false": F
 
 def _wake_mode(value: Any) -> Any:
     """``auto``, or a boolean (YAML's, or true/false/yes/no/on/off from the environment)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _WAKE_WORDS:
-        return _WAKE_WORDS[value.strip().lower()]
+    word = _WAKE_WORDS.get(value.strip().lower()) if isinstance(value, str) else value
+    if isinstance(word, bool) or word == "auto":
+        return word
     raise ValueError(f"{value!r} is not auto, true or false")
 
 
@@ -147,11 +146,9 @@ class CollectorSettings(_Strict):
     stuck_after: Duration = 900.0
     # agno saves a session's totals after its run's row: compare them this long after the last run counted
     session_check_delay: Duration = 5.0
-    # Wake the poll loop when agno commits a finished run (exporter.ingest.notify): "auto" listens while a
-    # table read carries the trigger `create-notify-trigger` installs; true always; false never.
+    # Wake the poll loop on agno's commits (ingest/notify.py): auto = while a table read has the trigger
     wake_on_notify: WakeMode = "auto"
-    # Polls a notification starts are at least this far apart (start to start): a stream of finished
-    # runs makes at most 1/wake_min_interval polls a second, each counting what arrived meanwhile.
+    # Polls started by notifications are this far apart at least: at most 1/wake_min_interval polls a second
     wake_min_interval: Duration = 0.05
 
     @field_validator("poll_interval")

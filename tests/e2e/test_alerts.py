@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
+from tests.helpers.paths import ROOT
 from tests.pg.test_exposition import promtool
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rules_pass_promtool_check() -> None:

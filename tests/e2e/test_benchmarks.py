@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT
+
 BENCHMARKS = ("ingest_metrics", "ingest_metrics_vs_agno_api", "ingest_spans", "idle_poll", "idle_poll_p95",
               "idle_poll_cpu", "idle_poll_cpu_p95", "idle_poll_no_index", "scrape_vs_query_exporter",
               "freshness_p50", "freshness_p99", "freshness_wake_p50", "freshness_wake_p99", "notify_trigger_commit",

@@ -20,10 +20,9 @@ from exporter.commands.cli import build_parser
 from exporter.config import COMMON_SETTINGS, load_settings
 from tests.helpers.agno_app import DONE, get_stock_price
 from tests.helpers.cli_support import Running, cli, one_line_error
+from tests.helpers.paths import ROOT
 from tests.helpers.scrape import Samples, scrape_text
 from tests.helpers.support import sqlalchemy_url
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_in_custom_tables(db_url: str, sim_url: str) -> Any:

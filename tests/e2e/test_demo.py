@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,12 +25,12 @@ from exporter.commands.service import metric_value
 from exporter.commands.stack import start_stack
 from exporter.config import load_settings
 from exporter.probes.simplan import SimSettings
+from tests.helpers.paths import ROOT
 from tests.helpers.sched_support import until
 from tests.helpers.scrape import Samples
 from tests.helpers.support import exporter_cmd, free_port
 from tests.helpers.truth import run_truth, truth_tokens
 
-ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 120.0  # the demo starts a Postgres, agno and its first scheduled runs: generous
 
 

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 
 from exporter.embedded import EmbeddedUnavailable, package_major, start_embedded
+from tests.helpers.paths import ROOT
 from tests.helpers.support import exporter_cmd
 
-ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0  # generous: the machine is shared; every wait below ends as soon as its condition holds
 
 # A process that owns an embedded server and then waits to be killed: prints the URL once it is up.

@@ -47,12 +47,12 @@ from exporter.commands.cli import build_parser
 from exporter.config import load_settings
 from tests.helpers.agno_app import AgnoApp
 from tests.helpers.otlp_receiver import OtlpReceiver
+from tests.helpers.paths import ROOT
 from tests.helpers.prom_server import PromServer, free_port, prometheus_binary
 from tests.helpers.support import DEADLINE
 from tests.pg.test_collect_e2e import make_service, wait_counted
 from tests.pg.test_exposition import promtool
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 EXPORTER_CONFIG = ROOT / "deploy/agno-exporter.yaml"

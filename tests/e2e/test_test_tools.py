@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import ROOT
+
 # test_alerts needs only promtool and no database: quick to run in a child pytest.
 TARGET = "tests/e2e/test_alerts.py::test_rules_pass_promtool_check"
 
