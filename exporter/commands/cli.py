@@ -240,6 +240,14 @@ def _poll_flag(sp: argparse.ArgumentParser) -> None:
         "--poll-interval", "how often to look for newly finished runs, e.g. 500ms, 5s, 1m"))
 
 
+def _collect_flags(sp: argparse.ArgumentParser) -> None:
+    """collect's flags, which run and check take too."""
+    _database_flags(sp)
+    _state_flag(sp)
+    _poll_flag(sp)
+    _server_flags(sp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from exporter import __version__
     raw = argparse.RawDescriptionHelpFormatter
@@ -251,18 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".")
 
     sp = command("collect", "read finished agno runs from agno's database and serve their metrics on /metrics")
-    _database_flags(sp)
-    _state_flag(sp)
-    _poll_flag(sp)
-    _server_flags(sp)
+    _collect_flags(sp)
     sp.set_defaults(func=cmd_collect)
 
     sp = command("run", "like collect, and also run the agents listed in the config file's scheduler.jobs on "
                  "their schedules, to measure your model provider's latency")
-    _database_flags(sp)
-    _state_flag(sp)
-    _poll_flag(sp)
-    _server_flags(sp)
+    _collect_flags(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = command("demo", "try it on this machine: a throwaway PostgreSQL, a simulated model and example agents "
@@ -277,10 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = command("check", "check the settings, connect, and report which agno tables were found and whether "
                  "the exporter may write its records; exits 1 when it could not run. Takes collect's flags")
-    _database_flags(sp)
-    _state_flag(sp)
-    _poll_flag(sp)
-    _server_flags(sp)
+    _collect_flags(sp)
     sp.set_defaults(func=cmd_check)
 
     sp = command("create-index", "add an index on (updated_at, run_id) to each agno runs table read, built without "
