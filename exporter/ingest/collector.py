@@ -64,6 +64,7 @@ EXAMPLES = 3  # ids named in a summary line
 # value. Anything else (OperationalError: the database is down) retries the whole page.
 ROW_FAULTS: tuple[type[Exception], ...] = (psycopg.DataError, UnicodeEncodeError)
 STATE_REJECTED = "state_rejected"  # the rows_skipped reason of a run the state refused
+IDLE_CURSOR_SAVE = 300.0  # seconds between watermark saves while no run is counted
 MAX_RULE_CHECKS = 100  # sessions whose runs are read per poll to check their totals run by run
 SESSION_ROWS_PER_READ = 500  # agno session rows per read when their totals are checked
 
@@ -111,6 +112,7 @@ class RunCollector:
         self._top_at = float("-inf")
         self._top_due: float | None = None  # database time a refresh is owed from (runs counted since)
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
+        self._unsaved: set[str] = set()  # reader keys whose saved watermark is older than runs counted since
         self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
         grace = options.max_lookback if options.forget_after is None else options.forget_after
         self.pruner = LedgerPruner(state, source, grace, options.prune_batch, options.prune_interval)
@@ -179,6 +181,8 @@ class RunCollector:
             await self.source.refresh(force=True)
             return result
         self._waiting_logged = False
+        if result.counted or result.skipped:
+            self._unsaved.update(r.key for r in readers)
         for reader in readers:
             wm = self.watermarks[reader.key]
             adv = wm.advance(snap.now, snap.writers_of(reader.written))
@@ -187,10 +191,16 @@ class RunCollector:
                 self.m.lookback_clamped.inc()
             self._window_log(reader).report(adv, snap.now)
             # An older saved watermark only makes a restart re-read (and skip) a few more runs, so it
-            # is written every few seconds, not on every poll (a write and a flush each time).
-            if snap.now - self._cursor_saved.get(reader.key, float("-inf")) >= self.opts.cursor_save_interval:
+            # is written every few seconds while runs are counted, not on every poll (a write and a flush
+            # each time), and only every few minutes while none are: a window in which nothing was
+            # counted is re-read by a restart for nothing but one short read.
+            every = self.opts.cursor_save_interval
+            if reader.key not in self._unsaved:
+                every = max(every, IDLE_CURSOR_SAVE)
+            if snap.now - self._cursor_saved.get(reader.key, float("-inf")) >= every:
                 await self.state.save_cursor(low, reader.key)
                 self._cursor_saved[reader.key] = snap.now
+                self._unsaved.discard(reader.key)
         self.m.watermark.set(min(self.watermarks[r.key].low for r in readers))
         if result.counted and self.opts.top_sessions and self._top_due is None:
             self._top_due = self._top_at + self.opts.top_sessions_min_gap

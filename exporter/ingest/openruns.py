@@ -10,15 +10,22 @@ more history the table held. :class:`OpenRunsTracker` keeps them in memory inste
   stamped at or after it, so a run that started, moved on or finished since is read again and its
   entry updated or dropped. An index range scan with the opt-in index (``create-index``): none of
   agno's rows is read when nothing was written;
-* a change signal, in the same statement: the table's oid and file (a ``TRUNCATE``, a re-created
-  table) and its deleted-rows counter (``pg_stat_get_tuples_deleted``). Deleting a row leaves no
-  stamp, so when the signal moves the open runs are read whole once (agno's ``status`` index),
-  which is also the first read of a process.
+* a change signal, read by the poll's snapshot statement (:func:`exporter.ingest.source.take_snapshot`):
+  the table's oid and file (a ``TRUNCATE``, a re-created table) and its deleted-rows counter
+  (``pg_stat_get_tuples_deleted``). Deleting a row leaves no stamp, so when the signal moves the open
+  runs are read whole once (agno's ``status`` index), which is also the first read of a process.
+
+The window's rows come with the poll's first candidate page, in the same statement
+(:meth:`exporter.ingest.runs_table.RunsTable.candidate_page`, :meth:`OpenRunsTracker.absorb`): an idle poll
+makes two statements in all, the snapshot and that page (it made three, and this one's catalog lookups
+were half of Postgres's share of the poll).
 
 They are read whole on every poll, as before, where the window cannot be used: without an index
 on ``updated_at`` (the range read would scan the whole table, twice per poll with the candidates'),
 with ``track_counts`` off (no deletion counter), for a partitioned table (its counters are its
-partitions'), on a backfill poll (no watermark yet).
+partitions'), on a backfill poll (no watermark yet). Whether it can is looked up in the catalog with
+every whole read and at least every :data:`USABLE_RECHECK` seconds (an index made by ``create-index``
+while the exporter runs is used from then on).
 
 The counters are flushed by each backend after its transaction ends, within about a second (a
 busy backend may wait up to a minute): a deleted open run leaves the gauges that much later, never
@@ -32,22 +39,16 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from psycopg import sql
 
 from exporter.db import Database
+from exporter.ingest.source import Signal
 from exporter.records.parse import run_identity
 
 OPEN = ("PENDING", "RUNNING")  # what the in-progress gauges count (PAUSED waits for a person)
-
-
-class _Signal(NamedTuple):
-    """What says, without reading the table, that rows may have gone: None fields mean unknown."""
-
-    oid: int | None
-    filenode: int | None
-    deleted: int | None  # rows deleted from the table since the statistics were reset
+USABLE_RECHECK = 300.0  # seconds between catalog lookups of whether the window can be used (discovery's pace)
 
 
 @dataclass(slots=True)
@@ -58,19 +59,17 @@ class OpenRun:
     created_at: int | None  # unix seconds, agno's stamp
 
 
-# One statement: the change signal, and the rows written since ``since`` when the window can be used.
-# When it cannot (``usable`` false) the lateral read is a one-time filter: no scan at all.
-_DELTA = """
-WITH s AS (
-  SELECT c.oid::int8 AS oid, pg_relation_filenode(c.oid)::int8 AS filenode,
-    pg_stat_get_tuples_deleted(c.oid) AS deleted,
-    current_setting('track_counts')::bool AND k.relkind = 'r' AND %(since)s::int8 IS NOT NULL
+# Whether the window can be read (see the module's docstring): an index led by updated_at, a plain table,
+# the statistics that count deleted rows.
+_USABLE = """current_setting('track_counts')::bool AND k.relkind = 'r'
     AND EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-                WHERE i.indrelid = c.oid AND a.attname = 'updated_at' AND i.indisvalid AND i.indpred IS NULL)
-      AS usable
-  FROM (SELECT to_regclass(%(rel)s) AS oid) c LEFT JOIN pg_class k ON k.oid = c.oid)
-SELECT s.oid, s.filenode, s.deleted, s.usable, r.run_id, r.status, r.created_at FROM s
-LEFT JOIN LATERAL (SELECT run_id, status, created_at FROM {t} WHERE s.usable AND updated_at >= %(since)s) r ON true
+                WHERE i.indrelid = k.oid AND a.attname = 'updated_at' AND i.indisvalid AND i.indpred IS NULL)"""
+_CHECK = "SELECT coalesce((SELECT " + _USABLE + " FROM pg_class k WHERE k.oid = to_regclass(%(rel)s)), false) AS usable"
+# Every open run, and whether the window can be used from now on, in one statement.
+_WHOLE = """
+SELECT u.usable, r.run_id, r.status, r.created_at
+FROM (""" + _CHECK + """) u
+LEFT JOIN LATERAL (SELECT run_id, status, created_at FROM {t} WHERE status = ANY(%(open)s)) r ON true
 """
 
 
@@ -91,12 +90,16 @@ class OpenRunsTracker:
         # (run type, name, status) -> the sorted created_at of its open runs (None: unknown start),
         # rebuilt only after a change: a poll that changed nothing costs one bisect per group
         self._groups: dict[tuple[str, str, str], tuple[list[int], int]] | None = None
-        self._signal: _Signal | None = None  # at the last read; None: read every open run next time
+        self._signal: Signal | None = None  # at the last update; None: read every open run next time
+        self._seen: Signal | None = None  # this poll's, from its snapshot (observe)
+        self._usable = False  # the window can be read (catalog, at _usable_at: database time)
+        self._usable_at = float("-inf")
+        self._window: tuple[int, list[dict[str, Any]]] | None = None  # (since, rows) absorbed this poll
         self.rows_read = 0
         self.whole_reads = 0
 
     @property
-    def signal(self) -> tuple[int | None, int | None, int | None] | None:
+    def signal(self) -> Signal | None:
         """The table's change signal at the last :meth:`update` (oid, file, deleted rows; a None field:
         unknown), None before the first."""
         return self._signal
@@ -105,24 +108,43 @@ class OpenRunsTracker:
         """Read every open run on the next :meth:`update` (a new process, a new leader, a dropped table)."""
         self._signal = None
 
-    async def update(self, since: float | None) -> None:
+    def observe(self, signal: Signal) -> None:
+        """A poll begins: its snapshot read this change signal. Forgets any window absorbed before."""
+        self._seen = signal
+        self._window = None
+
+    def wants_window(self, since: float | None) -> bool:
+        """Whether the poll's first candidate page should bring the rows stamped at or after ``since``."""
+        return since is not None and self._usable and self._signal is not None
+
+    def absorb(self, since: float, rows: list[dict[str, Any]]) -> None:
+        """The rows (run_id, status, created_at) stamped at or after ``since`` (unix seconds), read after
+        this poll's snapshot: what :meth:`update` applies when nothing was deleted."""
+        self._window = (int(since), rows)
+
+    async def update(self, since: float | None, now: float) -> None:
         """Bring :attr:`runs` up to date. ``since``: the re-read window's start (unix seconds, the
-        collector's low watermark minus clock_skew), None to read every open run."""
-        params = {"rel": self._rel, "since": None if since is None else int(since)}
+        collector's low watermark minus clock_skew), None to read every open run; ``now``: the
+        snapshot's database time. Uses the window absorbed this poll when the signal did not move,
+        else reads every open run (one statement; the catalog is consulted in it)."""
+        signal = self._seen if self._seen is not None else (None, None, None)
+        window, self._window = self._window, None
+        whole = (since is None or window is None or window[0] != int(since) or not self._usable
+                 or signal != self._signal or None in signal)
         async with self.db.statement() as conn:
-            cur = await conn.execute(sql.SQL(_DELTA).format(t=self._t), params)
-            rows = await cur.fetchall()
-            head = rows[0]
-            signal = _Signal(head["oid"], head["filenode"], head["deleted"])
-            changed = [r for r in rows if r["run_id"] is not None]
-            self.rows_read += len(changed)
-            whole = not head["usable"] or self._signal is None or signal != self._signal or None in signal
             if whole:
-                cur = await conn.execute(sql.SQL("SELECT run_id, status, created_at FROM {t} WHERE status = ANY(%s)")
-                                         .format(t=self._t), (list(OPEN),))
-                changed = await cur.fetchall()
-                self.rows_read += len(changed)
+                cur = await conn.execute(sql.SQL(_WHOLE).format(t=self._t), {"rel": self._rel, "open": list(OPEN)})
+                rows = await cur.fetchall()
+                self._usable, self._usable_at = bool(rows[0]["usable"]), now
+                changed = [r for r in rows if r["run_id"] is not None]
                 self.whole_reads += 1
+            else:
+                assert window is not None
+                changed = window[1]
+                if now - self._usable_at >= USABLE_RECHECK:
+                    cur = await conn.execute(_CHECK, {"rel": self._rel})
+                    self._usable, self._usable_at = bool((await cur.fetchall())[0]["usable"]), now
+            self.rows_read += len(changed)
             fresh = self._apply(changed, whole)
             if fresh:
                 await self._name(conn, fresh)

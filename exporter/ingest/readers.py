@@ -253,7 +253,10 @@ class AgnoSource:
     async def snapshot(self) -> Snapshot:
         """One snapshot for every table read (agno 2.x's runs are in a session table): call it after
         :meth:`refresh`, so that each reader's table is watched."""
-        return await take_snapshot(self.db, [r.written for r in self.readers])
+        snap = await take_snapshot(self.db, [r.written for r in self.readers])
+        for runs in self._runs:
+            runs.open.observe(snap.signal_of(runs.written))
+        return snap
 
     def deletion_signal(self) -> object | None:
         """What moves when agno deletes rows from the tables read (:mod:`exporter.ingest.retention`), as the

@@ -39,24 +39,32 @@ class RunsTable:
         self._runs = sql.Identifier(schema, runs_table)
         self._cols = sql.SQL(", ").join(sql.Identifier(c) for c in RUN_COLUMNS)
         self.open = OpenRunsTracker(db, schema, runs_table, identity_projection("run_data"))  # the runs still open
+        # The statements of every poll, composed once with the final statuses inlined: the same text each
+        # time (prepared by psycopg after a few), and only integers to adapt per poll.
+        final = sql.Literal(FINAL_SORTED)
+        self._q_candidates = {after: sql.SQL(
+            "SELECT run_id, updated_at, status FROM {t} WHERE status = ANY({final}::text[]) AND updated_at >= %(since)s"
+            " {after} ORDER BY updated_at, run_id LIMIT %(limit)s"
+        ).format(t=self._runs, final=final,
+                 after=sql.SQL("AND (updated_at, run_id) > (%(au)s, %(ar)s)" if after else "")).as_string(None)
+            for after in (False, True)}
+        self._q_first_page = sql.SQL(
+            "(SELECT true AS final, run_id, updated_at, status, NULL::bigint AS created_at FROM {t}"
+            " WHERE status = ANY({final}::text[]) AND updated_at >= %(since)s ORDER BY updated_at, run_id"
+            " LIMIT %(limit)s)"
+            " UNION ALL (SELECT false, run_id, updated_at, status, created_at FROM {t} WHERE updated_at >= %(since)s)"
+        ).format(t=self._runs, final=final).as_string(None)
 
     async def snapshot(self) -> Snapshot:
         return await take_snapshot(self.db, [self.written])
 
     async def candidates(self, since: float, after: tuple[int, str] | None, limit: int) -> list[Candidate]:
         """Finished runs updated at or after ``since``, in (updated_at, run_id) order after ``after``."""
-        query = sql.SQL(
-            "SELECT run_id, updated_at, status FROM {t} WHERE status = ANY(%(final)s) AND updated_at >= %(since)s"
-            " {after} ORDER BY updated_at, run_id LIMIT %(limit)s"
-        ).format(
-            t=self._runs,
-            after=sql.SQL("AND (updated_at, run_id) > (%(au)s, %(ar)s)" if after else ""),
-        )
-        params: dict[str, Any] = {"final": FINAL_SORTED, "since": int(since), "limit": limit}
+        params: dict[str, Any] = {"since": int(since), "limit": limit}
         if after:
             params["au"], params["ar"] = after
         async with self.db.statement() as conn:
-            cur = await conn.execute(query, params)
+            cur = await conn.execute(self._q_candidates[bool(after)], params)
             rows = await cur.fetchall()
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
 
@@ -72,8 +80,23 @@ class RunsTable:
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
-        items = await self.candidates(since, after, limit)
+        """A page of :meth:`candidates`; the first page of a poll also brings the open runs' window
+        (every row stamped at or after ``since``, any status) when the tracker can use it, in the same
+        statement: one index range scan serves both (:mod:`exporter.ingest.openruns`)."""
+        if after is None and self.open.wants_window(since):
+            items, window = await self._first_page(since, limit)
+            self.open.absorb(since, window)
+        else:
+            items = await self.candidates(since, after, limit)
         return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None, len(items))
+
+    async def _first_page(self, since: float, limit: int) -> tuple[list[Candidate], list[dict[str, Any]]]:
+        """:meth:`candidates` from the start, and the open runs' window: ``final`` tells the two apart."""
+        async with self.db.statement() as conn:
+            cur = await conn.execute(self._q_first_page, {"since": int(since), "limit": limit})
+            rows = await cur.fetchall()
+        items = [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows if r["final"]]
+        return items, [r for r in rows if not r["final"]]
 
     async def backfill(self, after: Any, limit: int) -> Page:
         items = await self.backfill_page(after, limit)
@@ -153,7 +176,7 @@ class RunsTable:
         with the opt-in index an idle poll reads none of agno's rows. ``name`` is the label
         (:func:`exporter.records.values.run_label`).
         """
-        await self.open.update(since)
+        await self.open.update(since, now)
         return group_open_runs(self.open.groups(int(now - stuck_after)), limit)
 
     async def session_run_counts(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:

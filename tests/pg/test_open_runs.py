@@ -175,7 +175,11 @@ def test_without_the_index_every_open_run_is_read_each_poll(db_url: str, sim_url
             assert await idle_poll_cost(c) == (1, 1, 0)
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute(create_index_sql("ai", "agno_runs"))
-            assert await idle_poll_cost(c) == (0, 0, 0)
+            # The whole read that poll makes anyway finds the index (the catalog is read in the same
+            # statement); from the next poll on the window is used.
+            assert await idle_poll_cost(c) == (1, 1, 0)
+            for _ in range(2):
+                assert await idle_poll_cost(c) == (0, 0, 0)
         finally:
             await close(c)
 
