@@ -44,7 +44,7 @@ from exporter.ingest.poll import (
 )
 from exporter.ingest.readers import Reader, Source
 from exporter.ingest.retention import LedgerPruner
-from exporter.ingest.source import Candidate, Snapshot
+from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.ids import trace_id_hex
 from exporter.records.nesting import build_row_runs
 from exporter.records.parse import row_run_id
@@ -164,14 +164,15 @@ class RunCollector:
             # agno creates its tables on first use: an app that has not run yet is not an error (the
             # source says so every few minutes, agno_exporter_tables says 0).
             return result
-        # After refresh: the snapshot watches the writers of every table about to be read.
-        snap = await self.source.snapshot()
         # The open runs are read from the same window as the candidates (exporter.ingest.openruns); none
         # before the first watermark (a backfill).
         since = {r.key: wm.low - self.opts.clock_skew for r in readers if (wm := await self._watermark(r)).low > 0}
         try:
+            # After refresh: the snapshot watches the writers of every table about to be read; first
+            # pages that can come with it do (one round trip for an idle poll).
+            snap, first = await self.source.begin_poll(since, self.opts.batch_size)
             for reader in readers:
-                await self._read(reader, await self._watermark(reader), snap, result)
+                await self._read(reader, await self._watermark(reader), snap, result, first.get(reader.key))
         except psycopg.errors.UndefinedTable as exc:
             # A table dropped (or a forced table missing) under us: look again next poll.
             if not self._waiting_logged:
@@ -220,7 +221,8 @@ class RunCollector:
             await self.pruner.step(snap.now)  # bounded: at most prune_batch ledger rows
         return result
 
-    async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult) -> None:
+    async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult,
+                    first: Page | None = None) -> None:
         """Count the reader's new runs chunk by chunk, two chunks in flight: while one is committed to
         the state, the next is fetched from agno's table and parsed (the source and the state are two
         connections, and Postgres and Python then work at the same time).
@@ -237,7 +239,7 @@ class RunCollector:
             size, unit = await reader.backfill_size()
             progress = BackfillProgress(reader.key, self.clock(), result.counted, result.skipped, size, unit)
         ready: LoadedChunk | None = None  # fetched and parsed, waiting for its commit
-        async with contextlib.aclosing(self._chunks(reader, wm, result, progress)) as chunks:
+        async with contextlib.aclosing(self._chunks(reader, wm, result, progress, first)) as chunks:
             async for chunk in chunks:
                 result.pages += 1
                 known = await self.state.known([c.run_id for c in chunk])
@@ -259,14 +261,16 @@ class RunCollector:
         if progress is not None:
             progress.done(result, self.clock())
 
-    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult,
-                      progress: BackfillProgress | None) -> AsyncGenerator[list[Candidate], None]:
+    async def _chunks(self, reader: Reader, wm: Watermark, result: PollResult, progress: BackfillProgress | None,
+                      first: Page | None = None) -> AsyncGenerator[list[Candidate], None]:
         """Candidate pages in listing order, cut to ``batch_size`` (a page of agno 2.x sessions can
-        hold many more runs). Advanced only when no chunk is loading: one query at a time per
-        connection."""
+        hold many more runs), the first one ``first`` when the poll read it with its snapshot. Advanced
+        only when no chunk is loading: one query at a time per connection."""
         after: Any = None
         while True:
-            if progress is not None:
+            if first is not None and progress is None:
+                page, first = first, None
+            elif progress is not None:
                 page = await reader.backfill(after, self.opts.batch_size)
                 progress.page(page, result, self.clock())
             else:

@@ -26,7 +26,7 @@ from exporter.db import Database
 from exporter.ingest.discovery import Layout, TablePair, discover
 from exporter.ingest.legacy import LegacyTable
 from exporter.ingest.runs_table import RunsTable, read_sessions
-from exporter.ingest.source import Page, Snapshot, group_open_runs, take_snapshot
+from exporter.ingest.source import Page, Snapshot, group_open_runs, parse_snapshot, snapshot_query, take_snapshot
 from exporter.records.parse import row_run_id
 
 log = logging.getLogger("agno_exporter.source")
@@ -65,6 +65,12 @@ class Source(Protocol):
 
     async def snapshot(self) -> Snapshot:
         """The database time and the writers of every watched table (:mod:`exporter.ingest.cursor`)."""
+        ...
+
+    async def begin_poll(self, since: Mapping[str, float], limit: int) -> tuple[Snapshot, dict[str, Page]]:
+        """:meth:`snapshot`, and the first candidate page (``Reader.candidate_page(since[key], None, limit)``)
+        of readers that can send it with the snapshot: reader key -> page. A reader without one lists
+        its first page itself."""
         ...
 
     async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
@@ -254,9 +260,31 @@ class AgnoSource:
         """One snapshot for every table read (agno 2.x's runs are in a session table): call it after
         :meth:`refresh`, so that each reader's table is watched."""
         snap = await take_snapshot(self.db, [r.written for r in self.readers])
+        self._observe(snap)
+        return snap
+
+    async def begin_poll(self, since: Mapping[str, float], limit: int) -> tuple[Snapshot, dict[str, Page]]:
+        """The snapshot and the runs tables' first candidate pages with their open runs' window, in one
+        round trip: a pipeline, whose statements Postgres runs one after the other, each with a snapshot
+        of its own (read committed), so every page is read after the snapshot statement, as
+        :mod:`exporter.ingest.cursor` requires. An idle poll is then one round trip in all."""
+        tables = [r.written for r in self.readers]
+        firsts = {r.key: q for r in self._runs if r.key in since and (q := r.first_page(since[r.key], limit))}
+        if not firsts:
+            return await self.snapshot(), {}
+        async with self.db.statement() as conn:
+            async with conn.pipeline():
+                snap_cur = await conn.execute(snapshot_query(tables))
+                page_curs = {key: await conn.execute(query, params) for key, (query, params) in firsts.items()}
+            snap = parse_snapshot(tables, await snap_cur.fetchall())
+            self._observe(snap)  # before the pages: it resets what the trackers absorbed
+            pages = {r.key: r.first_page_of(since[r.key], limit, await page_curs[r.key].fetchall())
+                     for r in self._runs if r.key in page_curs}
+        return snap, pages
+
+    def _observe(self, snap: Snapshot) -> None:
         for runs in self._runs:
             runs.open.observe(snap.signal_of(runs.written))
-        return snap
 
     def deletion_signal(self) -> object | None:
         """What moves when agno deletes rows from the tables read (:mod:`exporter.ingest.retention`), as the

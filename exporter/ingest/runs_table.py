@@ -83,20 +83,32 @@ class RunsTable:
         """A page of :meth:`candidates`; the first page of a poll also brings the open runs' window
         (every row stamped at or after ``since``, any status) when the tracker can use it, in the same
         statement: one index range scan serves both (:mod:`exporter.ingest.openruns`)."""
-        if after is None and self.open.wants_window(since):
-            items, window = await self._first_page(since, limit)
-            self.open.absorb(since, window)
-        else:
-            items = await self.candidates(since, after, limit)
-        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None, len(items))
+        if after is None and (first := self.first_page(since, limit)) is not None:
+            query, params = first
+            async with self.db.statement() as conn:
+                cur = await conn.execute(query, params)
+                return self.first_page_of(since, limit, await cur.fetchall())
+        return self._page(await self.candidates(since, after, limit), limit)
 
-    async def _first_page(self, since: float, limit: int) -> tuple[list[Candidate], list[dict[str, Any]]]:
-        """:meth:`candidates` from the start, and the open runs' window: ``final`` tells the two apart."""
-        async with self.db.statement() as conn:
-            cur = await conn.execute(self._q_first_page, {"since": int(since), "limit": limit})
-            rows = await cur.fetchall()
-        items = [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows if r["final"]]
-        return items, [r for r in rows if not r["final"]]
+    def first_page(self, since: float, limit: int) -> tuple[str, dict[str, Any]] | None:
+        """The statement (query, params) of a poll's first candidate page together with the open runs'
+        window, None when the window is not wanted (then :meth:`candidate_page` reads the page alone).
+        Its rows go to :meth:`first_page_of`; the poll may send it in one pipeline with its snapshot
+        (:meth:`exporter.ingest.readers.AgnoSource.begin_poll`)."""
+        if not self.open.wants_window(since):
+            return None
+        return self._q_first_page, {"since": int(since), "limit": limit}
+
+    def first_page_of(self, since: float, limit: int, rows: list[dict[str, Any]]) -> Page:
+        """The rows of :meth:`first_page` -> the page; the window goes to the open runs' tracker
+        (``final`` tells the two parts apart)."""
+        self.open.absorb(since, [r for r in rows if not r["final"]])
+        return self._page([Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows if r["final"]],
+                          limit)
+
+    @staticmethod
+    def _page(items: list[Candidate], limit: int) -> Page:
+        return Page(items, (items[-1].updated_at, items[-1].run_id) if len(items) == limit else None, len(items))
 
     async def backfill(self, after: Any, limit: int) -> Page:
         items = await self.backfill_page(after, limit)

@@ -115,8 +115,18 @@ async def take_snapshot(db: Database, tables: Sequence[tuple[str, str]]) -> Snap
     a write lock on each table, with their start times, and each table's change signal. ``pg_locks`` is
     readable by every role; ``xact_start`` of other roles' sessions needs ``pg_read_all_stats`` (else None)."""
     async with db.statement() as conn:
-        cur = await conn.execute(_snapshot_query(tuple(tables)))
+        cur = await conn.execute(snapshot_query(tables))
         rows = await cur.fetchall()
+    return parse_snapshot(tables, rows)
+
+
+def snapshot_query(tables: Sequence[tuple[str, str]]) -> str:
+    """The text of :func:`take_snapshot`'s statement (to send it in a pipeline with others)."""
+    return _snapshot_query(tuple(tables))
+
+
+def parse_snapshot(tables: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]]) -> Snapshot:
+    """:func:`take_snapshot`'s rows -> the :class:`Snapshot`."""
     writers: dict[tuple[str, str], list[float | None]] = {t: [] for t in tables}
     for r in rows:
         if r["i"] is not None:

@@ -86,6 +86,9 @@ class MemorySource:
     async def snapshot(self) -> Snapshot:
         return Snapshot(self.now, {TABLE: self.writers})
 
+    async def begin_poll(self, since: Mapping[str, float], limit: int) -> tuple[Snapshot, dict[str, Page]]:
+        return await self.snapshot(), {}  # each page is listed by the reader
+
     async def row_ids(self, refs: Sequence[tuple[str, str | None]]) -> set[str]:
         return {r["run_id"] for r in self.rows} & {run_id for run_id, _ in refs}
 

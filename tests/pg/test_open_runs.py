@@ -184,3 +184,47 @@ def test_without_the_index_every_open_run_is_read_each_poll(db_url: str, sim_url
             await close(c)
 
     asyncio.run(main())
+
+
+def test_idle_poll_is_one_round_trip_of_two_statements(db_url: str, sim_url: str,
+                                                       monkeypatch: Any) -> None:
+    """With the index, an idle poll sends the snapshot and the first candidate page (which brings the
+    open runs' window) in one pipeline, and nothing else to agno's database."""
+    asyncio.run(write_runs(db_url, sim_url, 2))
+    reopen(db_url, 1)
+    sent: list[str] = []
+    pipelines: list[int] = []
+    source_conn: list[Any] = [None]
+    execute = psycopg.AsyncConnection.execute
+    pipeline = psycopg.AsyncConnection.pipeline
+
+    async def counting_execute(self: psycopg.AsyncConnection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        if self is source_conn[0]:  # agno's database, not the exporter's state
+            sent.append(str(query)[:40])
+        return await execute(self, query, *args, **kw)
+
+    def counting_pipeline(self: psycopg.AsyncConnection[Any]) -> Any:
+        if self is source_conn[0]:
+            pipelines.append(len(sent))
+        return pipeline(self)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "execute", counting_execute)
+    monkeypatch.setattr(psycopg.AsyncConnection, "pipeline", counting_pipeline)
+
+    async def main() -> None:
+        c = make_collector(db_url)
+        try:
+            await c.poll_once()  # the backfill, the whole read of the open runs
+            await c.poll_once()  # the first poll with a window
+            source_conn[0] = await c.source.db.conn()
+            for _ in range(3):
+                sent.clear()
+                pipelines.clear()
+                assert await idle_poll_cost(c) == (0, 0, 0)
+                assert len(sent) == 2, sent
+                assert pipelines == [0]  # both in the one pipeline
+            assert in_progress(c) == 1
+        finally:
+            await close(c)
+
+    asyncio.run(main())
