@@ -574,10 +574,14 @@ class RunCollector:
             self.m.ready.set(1)
             if result.counted or result.skipped:
                 log.info("poll: %d runs counted, %d skipped", result.counted, result.skipped)
+            # Polls start ``interval`` apart (as Prometheus scrapes do), not ``interval`` after the last
+            # one ended: a run waits at most one interval for the poll that counts it, however long
+            # polls take (a poll counting a burst, a slow database).
+            rest = max(0.0, interval - (self.timer() - t0))
             if wake is None:
-                await self.sleep(interval)
+                await self.sleep(rest)
             else:
-                await wake.wait(interval)
+                await wake.wait(rest)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ sink saw, applied only after the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.db import ConnectOptions, Database
 from exporter.ingest.collector import RunCollector
-from exporter.ingest.poll import CollectorOptions
+from exporter.ingest.poll import CollectorOptions, PollResult
 from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.nesting import build_row_runs
 from exporter.records.runs import RunRecord
@@ -221,5 +222,45 @@ def test_each_run_is_published_once_through_the_sink(db_url: str) -> None:
             assert runs_total(prometheus2) == len(expected) + 1  # the Prometheus sink reloaded its series
         finally:
             await c2.state.db.close()
+
+    asyncio.run(main())
+
+
+def test_polls_start_an_interval_apart_however_long_they_take(db_url: str) -> None:
+    """The loop waits what is left of ``interval`` after a poll (a fixed cadence, as Prometheus scrapes),
+    so a run waits at most one interval for the poll that counts it; time is driven by a fake timer."""
+    rows = runs_v3()
+    newest = max(r["updated_at"] for r in rows)
+    now = [0.0]
+    waits: list[float] = []
+
+    async def main() -> None:
+        source = MemorySource(rows, now=newest + 10.0)
+        state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", "memory")
+
+        async def fake_sleep(seconds: float) -> None:
+            waits.append(seconds)
+            now[0] += seconds
+            if len(waits) == 3:
+                raise asyncio.CancelledError
+
+        c = RunCollector(source, state, PrometheusSink(prom.new_store(300)),
+                         prom.SelfMetrics(CollectorRegistry(), "test"), CollectorOptions(top_sessions=0),
+                         sleep=fake_sleep, timer=lambda: now[0])
+        poll_once = c.poll_once
+        durations = iter([0.25, 0.0, 1.5])  # a backfill, an idle poll, a poll longer than the interval
+
+        async def timed_poll() -> PollResult:
+            result = await poll_once()
+            now[0] += next(durations)
+            return result
+
+        c.poll_once = timed_poll  # type: ignore[method-assign]
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await c.run(interval=1.0)
+        finally:
+            await state.db.close()
+        assert waits == [0.75, 1.0, 0.0]
 
     asyncio.run(main())
