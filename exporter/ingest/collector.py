@@ -129,7 +129,7 @@ class RunCollector:
         self.sink.restore(rows)
         await self.source.refresh(force=True)
         self.source.forget_open()
-        self.pruner.reload()
+        self.pruner.reload(fresh=not await self.state.ledger_page("", 1))
         self.started = True
         log.info("state loaded: %d series", len(rows))
         settle_heap()

@@ -18,7 +18,9 @@ row can go, with two cautions:
 Rows whose spans are still waiting in the trace outbox are kept until delivered. Counters are not
 touched: exported totals live in the state's ``series`` rows, not in the ledger.
 
-Cost: nothing on a poll unless agno deleted rows (no query: the decision is made in memory). Every
+Cost: nothing on a poll unless agno deleted rows (no query: the decision is made in memory). A new
+state (an empty ledger at start) takes agno's deletion signal of its first poll as swept: what that
+poll counts was read after it. Every
 ``interval`` seconds the deletion signal of agno's runs tables (read by each poll anyway,
 :mod:`exporter.ingest.openruns`) is compared with the one the last complete sweep started from (kept in
 the state's ``meta``, so a restart does not sweep again; a server restart resets the counter and
@@ -76,8 +78,10 @@ class LedgerPruner:
         self.swept: str | None = None  # the deletion signal the last complete sweep started from (JSON)
         self.oldest: float | None = None  # the earliest mark in the ledger (unix seconds), None: none
         self._loaded = False
+        self._fresh = False  # the ledger was empty when the collector started (see reload)
         self._checked = float("-inf")
         self.forgotten = 0  # rows deleted by this process
+        self.steps = 0  # sweep steps made by this process (each reads up to ``batch`` ledger rows)
 
     async def step(self, now: float) -> None:
         """Do one bounded step of pruning, if one is due (call after a poll, as the leader). ``now``:
@@ -86,6 +90,7 @@ class LedgerPruner:
             if now - self._checked < self.interval:
                 return
             self._checked = now
+            fresh, self._fresh = self._fresh, False  # only the first look after a start may take it
             signal = self.source.deletion_signal()
             if signal is None:
                 return  # an agno 2.x runs column is read: nothing is forgotten
@@ -94,17 +99,27 @@ class LedgerPruner:
                 self.oldest = await self.state.oldest_missing()
                 self._loaded = True
             key = _key(signal)
+            if fresh and self.swept is None and key is not None:
+                # Every run in the ledger was counted by this process's first poll, from reads made after
+                # the snapshot that read this signal: a run deleted since moves it. Nothing to sweep (a
+                # first start over 10^6 runs swept its whole new ledger, 1,000 rows a poll for hours).
+                self.swept = key
+                await self.state.save_meta(SWEPT_KEY, key)
+                return
             if key is not None and key == self.swept and (self.oldest is None or self.oldest >= now - self.grace):
                 return
             self.sweep = Sweep(signal=key)
         await self._step(self.sweep, now)
 
-    def reload(self) -> None:
+    def reload(self, fresh: bool = False) -> None:
         """Read the last sweep's signal and the marks from the state again (another replica may have
-        swept meanwhile)."""
+        swept meanwhile). ``fresh``: the ledger is empty (a new state): the first look takes the
+        current signal as swept instead of sweeping what the first poll counts."""
         self._loaded = False
+        self._fresh = fresh
 
     async def _step(self, sweep: Sweep, now: float) -> None:
+        self.steps += 1
         rows = await self.state.ledger_page(sweep.after, self.batch)
         ids = {r.run_id for r in rows} | {r.host_run_id for r in rows if r.host_run_id}
         held = await self.source.row_ids([(i, None) for i in sorted(ids)])

@@ -152,3 +152,32 @@ def test_forwarded_spans_are_forgotten_once_out_of_the_window(db_url: str) -> No
             await state.db.close()
 
     asyncio.run(main())
+
+
+def test_a_first_start_does_not_sweep_the_ledger_it_just_filled(db_url: str, sim_url: str) -> None:
+    """A new state counts agno's whole table in its first poll; sweeping that ledger for deleted runs
+    (1,000 rows a poll) cost every idle poll for hours at 10^6 runs. Deletions after it still count."""
+    asyncio.run(write_runs(db_url, sim_url, 3))
+
+    async def main() -> None:
+        c = make_collector(db_url, forget_after=0.0, prune_interval=0.0, prune_batch=1)
+        try:
+            assert (await c.poll_once()).counted == 3
+            for _ in range(3):
+                assert (await c.poll_once()).counted == 0
+            assert c.pruner.steps == 0 and c.pruner.swept is not None
+            one(db_url, "DELETE FROM ai.agno_runs WHERE run_id = (SELECT min(run_id) FROM ai.agno_runs) RETURNING 1")
+            assert await poll_until(c, lambda: c.pruner.forgotten == 1, "the deleted run to be forgotten") == 0
+            assert ledger(db_url) == 2 and c.pruner.steps > 0
+        finally:
+            await close(c)
+        # A restart over a ledger that holds runs, with no record of a sweep: it sweeps.
+        one(db_url, "DELETE FROM agno_exporter.meta WHERE key LIKE %s RETURNING 1", "ledger_swept:%")
+        c = make_collector(db_url, forget_after=0.0, prune_interval=0.0, prune_batch=1)
+        try:
+            await c.poll_once()
+            assert c.pruner.steps == 1
+        finally:
+            await close(c)
+
+    asyncio.run(main())
