@@ -46,7 +46,10 @@ def tmp_dir() -> Iterator[Path]:
 
 
 def env() -> dict[str, str]:
+    """The environment of the processes these tests start: the embedded server is what they test, so
+    a ``DATABASE_URL`` the suite runs with (which the demo would use instead) is not passed on."""
     out = dict(os.environ)
+    out.pop("DATABASE_URL", None)
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), out.get("PYTHONPATH")]))
     return out
 
