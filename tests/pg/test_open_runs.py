@@ -228,3 +228,28 @@ def test_idle_poll_is_one_round_trip_of_two_statements(db_url: str, sim_url: str
             await close(c)
 
     asyncio.run(main())
+
+
+def test_a_runs_table_gone_mid_pipeline_is_looked_for_again(db_url: str, sim_url: str) -> None:
+    """The idle poll's pipeline fails as a whole when agno's table is gone (renamed by a migration, dropped):
+    the poll says so and looks for agno's tables again; when the table is back nothing is counted twice."""
+    asyncio.run(write_runs(db_url, sim_url, 2))
+    reopen(db_url, 1)
+
+    async def main() -> None:
+        c = make_collector(db_url)  # the reader is kept (no rediscovery until a poll fails)
+        try:
+            assert (await c.poll_once()).counted == 1
+            await c.poll_once()  # a poll with the window: the pipelined first page
+            assert tracker(c).wants_window(c.watermarks["ai.agno_runs"].low)
+            sql(db_url, "ALTER TABLE ai.agno_runs RENAME TO agno_runs_away")
+            assert (await c.poll_once()).counted == 0
+            assert (await c.poll_once()).counted == 0
+            sql(db_url, "ALTER TABLE ai.agno_runs_away RENAME TO agno_runs")
+            for _ in range(3):
+                assert (await c.poll_once()).counted == 0
+            assert exported_runs(c) == 1 and in_progress(c) == 1
+        finally:
+            await close(c)
+
+    asyncio.run(main())
