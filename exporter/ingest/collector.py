@@ -359,13 +359,21 @@ class RunCollector:
             records, roots, skipped, now, lambda fresh, new_sessions: prepared.stage(fresh, new_sessions, now),
             loaded.in_table, costs=prepared.costs)
         batch.staged.apply()  # only after the commit: memory never runs ahead of the state
+        by_type: dict[str, int] = {}
+        observe_lag = self.m.lag.observe
+        checks = self._session_checks
+        max_checks = self.opts.max_pending_session_checks
         for rec in batch.new_records:
-            self.m.runs_collected.labels(rec.run_type).inc()
-            self.m.lag.observe(max(0.0, now - rec.updated_at))
+            by_type[rec.run_type] = by_type.get(rec.run_type, 0) + 1
+            observe_lag(max(0.0, now - rec.updated_at))
             for reason in rec.sanitized:
                 self.m.rows_sanitized.labels(reason).inc()
             if rec.anomalies:
                 self._note_anomalies(rec, result)
+            if rec.session_id and len(checks) < max_checks:
+                checks[rec.session_id] = now
+        for run_type, n in by_type.items():  # one increment per run type and page, not per run
+            self.m.runs_collected.labels(run_type).inc(n)
         for run_id, reason in batch.new_skipped:
             self.m.rows_skipped.labels(reason).inc()
             result.skipped_by_reason[reason] = result.skipped_by_reason.get(reason, 0) + 1
@@ -375,9 +383,6 @@ class RunCollector:
                 log.warning("skipping run %s: %s", run_id, detail)
             else:
                 log.debug("skipping run %s: %s", run_id, detail)
-        for rec in batch.new_records:
-            if rec.session_id and len(self._session_checks) < self.opts.max_pending_session_checks:
-                self._session_checks[rec.session_id] = now
         result.counted += len(batch.new_records)
         result.skipped += len(batch.new_skipped)
         if batch.new_records:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple, Protocol
 
 from exporter.records.runs import RunRecord
@@ -29,7 +30,16 @@ class SeriesRow:
 
     @property
     def key(self) -> str:
-        return json.dumps(self.labels, ensure_ascii=False)
+        return label_key(self.labels)
+
+
+@lru_cache(maxsize=1 << 16)
+def label_key(labels: tuple[str, ...]) -> str:
+    """The ``labels`` column of a series: its label values as a JSON array (the primary key's text, so
+    the spelling never changes). Cached: every page writes most series again, and encoding their
+    labels each time was a tenth of the state's Python time; the cap is far above the series held
+    (``metrics.label_value_limit`` bounds them)."""
+    return json.dumps(labels, ensure_ascii=False)
 
 
 class TopSession(NamedTuple):
