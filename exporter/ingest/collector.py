@@ -36,6 +36,7 @@ from exporter.ingest.notify import Wakeup
 from exporter.ingest.poll import (
     BackfillProgress,
     CollectorOptions,
+    FetchedChunk,
     LoadedChunk,
     OpenRuns,
     PollFailure,
@@ -47,7 +48,7 @@ from exporter.ingest.retention import LedgerPruner
 from exporter.ingest.source import Candidate, Snapshot
 from exporter.records.ids import trace_id_hex
 from exporter.records.nesting import build_row_runs
-from exporter.records.parse import row_run_id
+from exporter.records.parse import row_parent_ref, row_run_id
 from exporter.records.runs import BadRow, RunRecord, SessionRecord, SessionRun
 from exporter.records.sessions import build_session_record, build_session_run, session_claim_tokens
 from exporter.retry import poll_backoff
@@ -211,13 +212,14 @@ class RunCollector:
         return result
 
     async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult) -> None:
-        """Count the reader's new runs chunk by chunk, two chunks in flight: while one is committed to
-        the state, the next is fetched from agno's table and parsed (the source and the state are two
-        connections, and Postgres and Python then work at the same time).
+        """Count the reader's new runs chunk by chunk, the source kept busy: a chunk's fetch (the
+        longest step, in Postgres) starts before the chunk fetched before it is parsed and committed
+        (the source and the state are two connections, so Postgres and Python work at the same time).
 
-        The early ``known`` filter of a chunk runs before the previous chunk commits, so it may miss
-        ids that chunk just counted; it only saves fetches: the commit's insert of the run ids is
-        what keeps each run counted once.
+        Per chunk: list it, drop the ids the state knows, start fetching the rest; then parse the
+        previous chunk and commit it. The early ``known`` filter of a chunk runs before the previous
+        chunk commits, so it may miss ids that chunk just counted; it only saves fetches: the
+        commit's insert of the run ids is what keeps each run counted once.
         """
         if wm.low == 0.0 and not self.opts.backfill and not reader.appeared:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
@@ -226,16 +228,22 @@ class RunCollector:
         if wm.low == 0.0:
             size, unit = await reader.backfill_size()
             progress = BackfillProgress(reader.key, self.clock(), result.counted, result.skipped, size, unit)
-        ready: LoadedChunk | None = None  # fetched and parsed, waiting for its commit
+        loading: asyncio.Task[FetchedChunk] | None = None  # the fetch of the last chunk listed
         async with contextlib.aclosing(self._chunks(reader, wm, result, progress)) as chunks:
-            async for chunk in chunks:
-                result.pages += 1
-                known = await self.state.known([c.run_id for c in chunk])
-                todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
-                loading = asyncio.create_task(self._load(reader, todo)) if todo else None
+            while True:
+                fetched = await loading if loading is not None else None  # waiting to be parsed and committed
+                loading = None
+                chunk = await anext(chunks, None)
                 try:
-                    if ready is not None:
-                        await self._commit(ready, result)
+                    if chunk is not None:
+                        result.pages += 1
+                        known = await self.state.known([c.run_id for c in chunk])
+                        todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
+                        if todo:
+                            loading = asyncio.create_task(self._load(reader, todo))
+                            await asyncio.sleep(0)  # let it send its query before parsing takes the CPU
+                    if fetched is not None:
+                        await self._commit(await self._parse(fetched), result)
                 except BaseException as exc:
                     if loading is not None:  # never leave a query running on the source connection
                         if isinstance(exc, asyncio.CancelledError):
@@ -243,9 +251,8 @@ class RunCollector:
                         with contextlib.suppress(Exception, asyncio.CancelledError):
                             await loading
                     raise
-                ready = await loading if loading is not None else None
-        if ready is not None:
-            await self._commit(ready, result)
+                if chunk is None:
+                    break
         if progress is not None:
             progress.done(result, self.clock())
 
@@ -267,9 +274,16 @@ class RunCollector:
                 return
             after = page.after
 
-    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> LoadedChunk:
-        """Fetch and parse runs not counted yet: records (a row's own run and the runs agno nested in
-        it), malformed rows, each record's trace root, and which records have rows of their own.
+    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> FetchedChunk:
+        """Fetch runs not counted yet, and the trace roots of the rows that name a parent: asked right
+        after the fetch, so that the source's next query is the next chunk's fetch, not this one's roots."""
+        rows = await reader.fetch_runs(todo)
+        refs = list(dict.fromkeys(ref for row in rows if (ref := row_parent_ref(row)) is not None))
+        return FetchedChunk(rows, refs, await self.source.ancestors(refs) if refs else {})
+
+    async def _parse(self, fetched: FetchedChunk) -> LoadedChunk:
+        """Parse fetched runs: records (a row's own run and the runs agno nested in it), malformed rows,
+        each record's trace root, and which records have rows of their own.
 
         A run id met twice in the chunk is counted once: a nested copy is preferred to the run's own
         row, because agno's own row of a nested run does not name its parent (see RowRuns).
@@ -280,7 +294,7 @@ class RunCollector:
         loaded = LoadedChunk()
         seen: set[str] = set()
         chosen: dict[str, RunRecord] = {}
-        for row in await reader.fetch_runs(todo):
+        for row in fetched.rows:
             run_id = str(row_run_id(row))
             if run_id in seen:  # an agno 2.x array can hold a run twice: count it once
                 continue
@@ -310,8 +324,11 @@ class RunCollector:
         loaded.in_table = {r.run_id for r in loaded.records if not r.host_run_id}
         if nested:
             loaded.in_table |= await self.source.row_ids([(r.run_id, r.session_id) for r in nested])
-        loaded.roots = await self.source.ancestors(
-            [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id and not r.host_run_id])
+        want = [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id and not r.host_run_id]
+        # the roots asked with the fetch, unless a row did not become the record it was asked for
+        # (malformed, not final, or counted from a nested copy): then exactly the records' roots,
+        # asked after the next chunk's fetch (psycopg runs a connection's queries one at a time)
+        loaded.roots = dict(fetched.roots) if set(want) == set(fetched.refs) else await self.source.ancestors(want)
         for r in nested:  # no row to follow: its host's trace
             loaded.roots[r.run_id] = loaded.roots.get(r.host_run_id or "", r.host_run_id or r.run_id)
         return loaded

@@ -338,6 +338,16 @@ def row_run_id(row: Mapping[str, Any]) -> str | None:
     return read_str(row.get("run_id")) or (read_str(data.get("run_id")) if isinstance(data, Mapping) else None)
 
 
+def row_parent_ref(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(run id, session id) of a fetched row's own run when it names a parent run, read as
+    :func:`build_run_record` reads them; None otherwise (or when the row is malformed)."""
+    data = row.get("run_data")
+    if not isinstance(data, Mapping) or not (read_str(row.get("parent_run_id")) or read_str(data.get("parent_run_id"))):
+        return None
+    run_id = read_str(row.get("run_id")) or read_str(data.get("run_id"))
+    return (run_id, read_str(row.get("session_id")) or read_str(data.get("session_id")) or "") if run_id else None
+
+
 def build_run_record(
     row: Mapping[str, Any],
     run_data: Any,
