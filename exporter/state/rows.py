@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple, Protocol
 
-from exporter.records.runs import RunRecord
+from exporter.records.runs import RunRecord, record
 
 
-@dataclass(frozen=True, slots=True)
+@record  # a page writes a row per series it changed (about one per run)
 class SeriesRow:
     """A series as the state store keeps it: a family's name, its label values, the running total
     (counter, histogram sum), the count of observations and a histogram's cumulative bucket counts."""
