@@ -36,6 +36,7 @@ from exporter.ingest.notify import Wakeup
 from exporter.ingest.poll import (
     BackfillProgress,
     CollectorOptions,
+    FetchedChunk,
     LoadedChunk,
     OpenRuns,
     PollFailure,
@@ -44,12 +45,12 @@ from exporter.ingest.poll import (
 )
 from exporter.ingest.readers import Reader, Source
 from exporter.ingest.retention import LedgerPruner
+from exporter.ingest.session_totals import SessionTotalsCheck
 from exporter.ingest.source import Candidate, Page, Snapshot
 from exporter.records.ids import trace_id_hex
 from exporter.records.nesting import build_row_runs
-from exporter.records.parse import row_run_id
-from exporter.records.runs import BadRow, RunRecord, SessionRecord, SessionRun
-from exporter.records.sessions import build_session_record, build_session_run, session_claim_tokens
+from exporter.records.parse import row_parent_ref, row_run_id
+from exporter.records.runs import BadRow, RunRecord
 from exporter.retry import poll_backoff
 from exporter.sink import Sink
 from exporter.state.rows import TopSession
@@ -65,8 +66,6 @@ EXAMPLES = 3  # ids named in a summary line
 ROW_FAULTS: tuple[type[Exception], ...] = (psycopg.DataError, UnicodeEncodeError)
 STATE_REJECTED = "state_rejected"  # the rows_skipped reason of a run the state refused
 IDLE_CURSOR_SAVE = 300.0  # seconds between watermark saves while no run is counted
-MAX_RULE_CHECKS = 100  # sessions whose runs are read per poll to check their totals run by run
-SESSION_ROWS_PER_READ = 500  # agno session rows per read when their totals are checked
 
 
 class RunCollector:
@@ -108,7 +107,6 @@ class RunCollector:
         self.last_success: float | None = None  # unix time of the last successful poll
         self.last_failure: PollFailure | None = None
         self._waiting_logged = False
-        self._session_checks: dict[str, float] = {}  # session id -> when a run of it was counted
         self._top_at = float("-inf")
         self._top_due: float | None = None  # database time a refresh is owed from (runs counted since)
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
@@ -116,6 +114,8 @@ class RunCollector:
         self._window_logs: dict[str, WindowLog] = {}  # reader key -> what was said about its re-read window
         grace = options.max_lookback if options.forget_after is None else options.forget_after
         self.pruner = LedgerPruner(state, source, grace, options.prune_batch, options.prune_interval)
+        self.session_totals = SessionTotalsCheck(source, state, sink, options.session_settle,
+                                                 options.max_pending_session_checks)
 
     async def start(self) -> None:
         """Create/load the durable state. Safe to call again after a failure."""
@@ -211,7 +211,7 @@ class RunCollector:
                                                      self.opts.top_sessions)
             self._top_at = snap.now
             self._top_due = None
-        await self._check_sessions(snap.now)
+        await self.session_totals.check(snap.now)
         self.open_runs = [
             OpenRuns(r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),
                      max(0.0, snap.now - float(r["oldest"] or snap.now)))
@@ -223,13 +223,14 @@ class RunCollector:
 
     async def _read(self, reader: Reader, wm: Watermark, snap: Snapshot, result: PollResult,
                     first: Page | None = None) -> None:
-        """Count the reader's new runs chunk by chunk, two chunks in flight: while one is committed to
-        the state, the next is fetched from agno's table and parsed (the source and the state are two
-        connections, and Postgres and Python then work at the same time).
+        """Count the reader's new runs chunk by chunk, the source kept busy: a chunk's fetch (the
+        longest step, in Postgres) starts before the chunk fetched before it is parsed and committed
+        (the source and the state are two connections, so Postgres and Python work at the same time).
 
-        The early ``known`` filter of a chunk runs before the previous chunk commits, so it may miss
-        ids that chunk just counted; it only saves fetches: the commit's insert of the run ids is
-        what keeps each run counted once.
+        Per chunk: list it, drop the ids the state knows, start fetching the rest; then parse the
+        previous chunk and commit it. The early ``known`` filter of a chunk runs before the previous
+        chunk commits, so it may miss ids that chunk just counted; it only saves fetches: the
+        commit's insert of the run ids is what keeps each run counted once.
         """
         if wm.low == 0.0 and not self.opts.backfill and not reader.appeared:
             log.info("backfill disabled: counting runs of %s finished from now on", reader.key)
@@ -238,16 +239,22 @@ class RunCollector:
         if wm.low == 0.0:
             size, unit = await reader.backfill_size()
             progress = BackfillProgress(reader.key, self.clock(), result.counted, result.skipped, size, unit)
-        ready: LoadedChunk | None = None  # fetched and parsed, waiting for its commit
+        loading: asyncio.Task[FetchedChunk] | None = None  # the fetch of the last chunk listed
         async with contextlib.aclosing(self._chunks(reader, wm, result, progress, first)) as chunks:
-            async for chunk in chunks:
-                result.pages += 1
-                known = await self.state.known([c.run_id for c in chunk])
-                todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
-                loading = asyncio.create_task(self._load(reader, todo)) if todo else None
+            while True:
+                fetched = await loading if loading is not None else None  # waiting to be parsed and committed
+                loading = None
+                chunk = await anext(chunks, None)
                 try:
-                    if ready is not None:
-                        await self._commit(ready, result)
+                    if chunk is not None:
+                        result.pages += 1
+                        known = await self.state.known([c.run_id for c in chunk])
+                        todo = [(c.run_id, c.session_id) for c in chunk if c.run_id not in known]
+                        if todo:
+                            loading = asyncio.create_task(self._load(reader, todo))
+                            await asyncio.sleep(0)  # let it send its query before parsing takes the CPU
+                    if fetched is not None:
+                        await self._commit(await self._parse(fetched), result)
                 except BaseException as exc:
                     if loading is not None:  # never leave a query running on the source connection
                         if isinstance(exc, asyncio.CancelledError):
@@ -255,9 +262,8 @@ class RunCollector:
                         with contextlib.suppress(Exception, asyncio.CancelledError):
                             await loading
                     raise
-                ready = await loading if loading is not None else None
-        if ready is not None:
-            await self._commit(ready, result)
+                if chunk is None:
+                    break
         if progress is not None:
             progress.done(result, self.clock())
 
@@ -281,9 +287,16 @@ class RunCollector:
                 return
             after = page.after
 
-    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> LoadedChunk:
-        """Fetch and parse runs not counted yet: records (a row's own run and the runs agno nested in
-        it), malformed rows, each record's trace root, and which records have rows of their own.
+    async def _load(self, reader: Reader, todo: list[tuple[str, str | None]]) -> FetchedChunk:
+        """Fetch runs not counted yet, and the trace roots of the rows that name a parent: asked right
+        after the fetch, so that the source's next query is the next chunk's fetch, not this one's roots."""
+        rows = await reader.fetch_runs(todo)
+        refs = list(dict.fromkeys(ref for row in rows if (ref := row_parent_ref(row)) is not None))
+        return FetchedChunk(rows, refs, await self.source.ancestors(refs) if refs else {})
+
+    async def _parse(self, fetched: FetchedChunk) -> LoadedChunk:
+        """Parse fetched runs: records (a row's own run and the runs agno nested in it), malformed rows,
+        each record's trace root, and which records have rows of their own.
 
         A run id met twice in the chunk is counted once: a nested copy is preferred to the run's own
         row, because agno's own row of a nested run does not name its parent (see RowRuns).
@@ -294,7 +307,7 @@ class RunCollector:
         loaded = LoadedChunk()
         seen: set[str] = set()
         chosen: dict[str, RunRecord] = {}
-        for row in await reader.fetch_runs(todo):
+        for row in fetched.rows:
             run_id = str(row_run_id(row))
             if run_id in seen:  # an agno 2.x array can hold a run twice: count it once
                 continue
@@ -324,8 +337,11 @@ class RunCollector:
         loaded.in_table = {r.run_id for r in loaded.records if not r.host_run_id}
         if nested:
             loaded.in_table |= await self.source.row_ids([(r.run_id, r.session_id) for r in nested])
-        loaded.roots = await self.source.ancestors(
-            [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id and not r.host_run_id])
+        want = [(r.run_id, r.session_id) for r in loaded.records if r.parent_run_id and not r.host_run_id]
+        # the roots asked with the fetch, unless a row did not become the record it was asked for
+        # (malformed, not final, or counted from a nested copy): then exactly the records' roots,
+        # asked after the next chunk's fetch (psycopg runs a connection's queries one at a time)
+        loaded.roots = dict(fetched.roots) if set(want) == set(fetched.refs) else await self.source.ancestors(want)
         for r in nested:  # no row to follow: its host's trace
             loaded.roots[r.run_id] = loaded.roots.get(r.host_run_id or "", r.host_run_id or r.run_id)
         return loaded
@@ -373,13 +389,20 @@ class RunCollector:
             records, roots, skipped, now, lambda fresh, new_sessions: prepared.stage(fresh, new_sessions, now),
             loaded.in_table, costs=prepared.costs)
         batch.staged.apply()  # only after the commit: memory never runs ahead of the state
+        by_type: dict[str, int] = {}
+        observe_lag = self.m.lag.observe
+        note_session = self.session_totals.counted
         for rec in batch.new_records:
-            self.m.runs_collected.labels(rec.run_type).inc()
-            self.m.lag.observe(max(0.0, now - rec.updated_at))
+            by_type[rec.run_type] = by_type.get(rec.run_type, 0) + 1
+            observe_lag(max(0.0, now - rec.updated_at))
             for reason in rec.sanitized:
                 self.m.rows_sanitized.labels(reason).inc()
             if rec.anomalies:
                 self._note_anomalies(rec, result)
+            if rec.session_id:
+                note_session(rec.session_id, now)
+        for run_type, n in by_type.items():  # one increment per run type and page, not per run
+            self.m.runs_collected.labels(run_type).inc(n)
         for run_id, reason in batch.new_skipped:
             self.m.rows_skipped.labels(reason).inc()
             result.skipped_by_reason[reason] = result.skipped_by_reason.get(reason, 0) + 1
@@ -389,9 +412,6 @@ class RunCollector:
                 log.warning("skipping run %s: %s", run_id, detail)
             else:
                 log.debug("skipping run %s: %s", run_id, detail)
-        for rec in batch.new_records:
-            if rec.session_id and len(self._session_checks) < self.opts.max_pending_session_checks:
-                self._session_checks[rec.session_id] = now
         result.counted += len(batch.new_records)
         result.skipped += len(batch.new_skipped)
         if batch.new_records:
@@ -422,103 +442,6 @@ class RunCollector:
             log.warning("%d runs counted with inconsistent token numbers stored by agno (%s), e.g. %s;"
                         " agno_token_anomalies_total counts them, each run is logged at DEBUG",
                         result.anomalous_runs, kinds, "; ".join(result.anomaly_examples))
-
-    async def _check_sessions(self, now: float) -> None:
-        """Compare agno's stored session totals with the session's runs (agno can lose updates).
-
-        A session is compared once all its runs are finished and counted, and a settle time after
-        its last run was counted. Its totals should equal what its runs add up to by agno's own
-        conventions: a workflow session sums its runs' ``metrics.steps`` (RunRecord.session_tokens,
-        kept per session in the state), and agno 2.3.5-2.5.3 add only a team run's own metrics, not
-        its member runs' (see records.TEAM_TOTALS, the README's agno release table). Only a session
-        whose totals differ from the state's sum has its runs read, to apply the release rules run by
-        run (a session may have been saved by several releases). A session whose stored runs are
-        fewer than the runs counted (agno 2.x rewrote its runs blob from an older copy and dropped
-        finished runs) disagrees. Each disagreeing session is counted once; a poll logs one summary
-        line (each session at DEBUG).
-        """
-        due = [sid for sid, t in self._session_checks.items() if now - t >= self.opts.session_settle]
-        if not due:
-            return
-        counts = await self.source.session_run_counts(due)
-        ours = await self.state.sessions_by_id(due)
-        complete = [sid for sid in due
-                    if sid in ours and counts.get(sid, (0, 1))[1] == 0 and counts[sid][0] <= ours[sid]["runs"]]
-        disagreeing: dict[str, str] = {}  # session id -> what is wrong, for the log
-        by_rules: dict[str, SessionRecord] = {}  # sessions to compare run by run
-        async for row in self._session_rows(complete):
-            try:
-                stored = build_session_record(row)
-            except BadRow as exc:
-                log.warning("session %s: unreadable session_metrics: %s", row.get("session_id"), exc)
-                continue
-            mine = ours[stored.session_id]
-            # agno's own convention where known (a workflow session sums its runs' metrics.steps);
-            # sessions counted before the state kept it compare with the sum of the runs' tokens
-            summed = int(mine["tokens"] if mine["agno_tokens"] is None else mine["agno_tokens"])
-            if mine["disagreement"] or stored.claimed_tokens == summed:
-                continue
-            dropped = int(mine["runs"]) - counts[stored.session_id][0]
-            if dropped > 0:
-                disagreeing[stored.session_id] = (
-                    f"agno's stored session_metrics claim {stored.claimed_tokens} tokens, the runs counted sum to"
-                    f" {summed}; agno no longer holds {dropped} of those finished runs (agno 2.x: a concurrent save"
-                    " of the session rewrote its runs from an older copy)")
-            else:
-                by_rules[stored.session_id] = stored
-        # Each is a read of the session's runs: a backfill of an agno 2.3 database (every team session
-        # here) must not hold up the poll, so the rest wait for the next polls.
-        later = set(list(by_rules)[MAX_RULE_CHECKS:])
-        if by_rules:
-            await self._check_by_rules({sid: by_rules[sid] for sid in list(by_rules)[:MAX_RULE_CHECKS]}, ours,
-                                       disagreeing)
-        for sid in due:
-            if sid not in later:
-                self._session_checks.pop(sid, None)
-        if not disagreeing:
-            return
-        staged = await self.state.flag_disagreements(
-            list(disagreeing), lambda newly: self.sink.stage_disagreements(newly, now))
-        staged.apply()
-        for sid, why in disagreeing.items():
-            log.debug("session %s: %s", sid, why)
-        examples = "; ".join(f"{sid} ({why})" for sid, why in list(disagreeing.items())[:EXAMPLES])
-        log.warning("%d sessions whose stored session_metrics disagree with their runs (exported totals come from"
-                    " the runs), e.g. %s; each is logged at DEBUG and shown by `agno-exporter sessions show ID`",
-                    len(disagreeing), examples)
-
-    async def _session_rows(self, session_ids: list[str]) -> AsyncGenerator[dict[str, Any], None]:
-        """agno's session rows, read :data:`SESSION_ROWS_PER_READ` at a time: a row holds the session's
-        JSON (agent, team and session data), and after a backfill up to ``max_pending_session_checks``
-        sessions are due at once (10^4 rows read in one go raised the peak RSS by about 20 MB)."""
-        for i in range(0, len(session_ids), SESSION_ROWS_PER_READ):
-            for row in await self.source.sessions(session_ids[i:i + SESSION_ROWS_PER_READ]):
-                yield row
-
-    async def _check_by_rules(self, stored: dict[str, SessionRecord], ours: dict[str, dict[str, Any]],
-                              disagreeing: dict[str, str]) -> None:
-        """What each session's totals should claim by the rules of the releases that saved its runs."""
-        for sid, record in stored.items():
-            runs: dict[str, SessionRun] = {}
-            try:
-                for row in await self.source.session_runs(sid):  # one run once, whichever table holds it
-                    run = build_session_run(row, row.get("run_data"))
-                    if run.final:
-                        runs[run.run_id] = run
-            except BadRow as exc:  # the run itself is counted as skipped where it is read
-                log.warning("session %s: a run is unreadable, the session is not compared: %s", sid, exc)
-                continue
-            expected = session_claim_tokens(list(runs.values()))
-            if record.claimed_tokens == expected:
-                log.debug("session %s: agno's stored totals leave out member runs, as the agno release that"
-                          " saved them does (%d tokens of %d)", sid, expected, ours[sid]["tokens"])
-                continue
-            summed = int(ours[sid]["tokens"])
-            rule = "" if expected == summed else f" (by the rules of the agno release that saved them: {expected})"
-            cause = ("lost updates: runs of the session ran concurrently" if record.claimed_tokens < expected else
-                     "tokens of runs agno did not store, e.g. the members of a team inside a team")
-            disagreeing[sid] = (f"agno's stored session_metrics claim {record.claimed_tokens} tokens, its runs sum"
-                                f" to {summed}{rule}; likely {cause}")
 
     # --- the loop ------------------------------------------------------------------------------
 

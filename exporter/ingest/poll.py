@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from exporter.ingest.source import Page
 from exporter.records.runs import RunRecord
@@ -55,6 +55,15 @@ class OpenRuns(NamedTuple):
     n: int  # PENDING or RUNNING
     stuck: int  # of them, older than collector.stuck_after
     oldest_age: float  # seconds since the oldest one was created
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedChunk:
+    """A chunk's rows as fetched, with the trace roots of the rows that name a parent."""
+
+    rows: list[dict[str, Any]]
+    refs: list[tuple[str, str]]  # (run id, session id) of those rows, as records.parse.row_parent_ref reads them
+    roots: dict[str, str]  # the source's ancestors() of refs: run id -> its trace's root run id
 
 
 @dataclass

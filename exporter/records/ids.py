@@ -25,4 +25,6 @@ def span_id_for(run_id: str, kind: str = "run", key: str = "") -> int:
 
 
 def trace_id_hex(root_run_id: str) -> str:
-    return f"{trace_id_for(root_run_id):032x}"
+    """:func:`trace_id_for` as 32 hex digits (the digest's own hex: the same digits, without the int)."""
+    digest = _digest("trace", root_run_id)
+    return digest.hex() if any(digest) else f"{1:032x}"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from exporter.records.parse import build_run_record
-from exporter.records.runs import BadRow, RunRecord, ToolCall
+from exporter.records.runs import BadRow, RunRecord, ToolCall, record
 from exporter.records.values import read_str
 
 # ---------------------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ DELEGATION_TOOLS = frozenset(
     {"delegate_task_to_member", "delegate_task_to_members", "execute_task", "execute_tasks_parallel"})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RowRuns:
     """The runs one stored row holds: the row's own run, then the runs agno nested inside it.
 

@@ -155,10 +155,16 @@ _TAIL_ROLES = ("parser_model", "output_model")
 def _counts(metrics: Mapping[str, Any], *where: Any) -> dict[str, int]:
     """token_type -> count of one metrics object (agno stores only non-zero fields)."""
     counts = {}
+    get = metrics.get
     for f, t in TOKEN_FIELDS:
-        v = metrics.get(f)
+        v = get(f)
         # the common cases inline: a run has a dozen of these objects
-        counts[t] = v if type(v) is int and 0 <= v <= MAX_RUN_TOKENS else 0 if v is None else read_tokens(v, *where, f)
+        if v is None:
+            counts[t] = 0
+        elif type(v) is int and 0 <= v <= MAX_RUN_TOKENS:
+            counts[t] = v
+        else:
+            counts[t] = read_tokens(v, *where, f)
     return counts
 
 
@@ -223,10 +229,15 @@ def _model_calls(
         who = owner[j]
         ent = entries[who] if who is not None else None
         requested = msg.get("tool_calls")
-        tool_ids = tuple(
-            read_str(read_object(tc, "messages[", i, "].tool_calls[]").get("id")) or ""
-            for tc in read_list(requested, "messages[", i, "].tool_calls")
-        ) if requested is not None else ()
+        tool_ids: tuple[str, ...] = ()
+        if requested is not None:
+            ids = []
+            for tc in read_list(requested, "messages[", i, "].tool_calls"):
+                if type(tc) is not dict:
+                    tc = read_object(tc, "messages[", i, "].tool_calls[]")
+                tc_id = tc.get("id")
+                ids.append(tc_id if type(tc_id) is str else read_str(tc_id) or "")
+            tool_ids = tuple(ids)
         content = msg.get("content") if with_content else None
         duration = read_seconds(metrics.get("duration"), "messages[", i, "].metrics.duration")
         calls.append(
@@ -327,6 +338,16 @@ def row_run_id(row: Mapping[str, Any]) -> str | None:
     return read_str(row.get("run_id")) or (read_str(data.get("run_id")) if isinstance(data, Mapping) else None)
 
 
+def row_parent_ref(row: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(run id, session id) of a fetched row's own run when it names a parent run, read as
+    :func:`build_run_record` reads them; None otherwise (or when the row is malformed)."""
+    data = row.get("run_data")
+    if not isinstance(data, Mapping) or not (read_str(row.get("parent_run_id")) or read_str(data.get("parent_run_id"))):
+        return None
+    run_id = read_str(row.get("run_id")) or read_str(data.get("run_id"))
+    return (run_id, read_str(row.get("session_id")) or read_str(data.get("session_id")) or "") if run_id else None
+
+
 def build_run_record(
     row: Mapping[str, Any],
     run_data: Any,
@@ -366,7 +387,7 @@ def build_run_record(
         step_names = tuple(str(k) for k in steps)
         model_calls: tuple[ModelCall, ...] = ()
     else:
-        totals = {t: read_tokens(metrics.get(f), "metrics.", f) for f, t in TOKEN_FIELDS}
+        totals = _counts(metrics, "metrics.")
         entries, entry_costs = _details(metrics, model, provider, sanitized)
         tokens, costs, split_anomalies = _token_split(entries, entry_costs, metrics, totals, model, provider)
         anomalies = [*split_anomalies, *_token_anomalies(entries, metrics, totals, model, provider)]
@@ -440,4 +461,6 @@ def session_tokens_of(run_type: str, metrics: Mapping[str, Any], totals: Mapping
 def delegated_to(tool_args: Any) -> str | None:
     """The member a delegation tool call names (``member_id``); anything else about the call is
     not needed, and arguments of another shape just leave it unknown."""
-    return read_str(tool_args.get("member_id")) if isinstance(tool_args, Mapping) else None
+    if type(tool_args) is dict or isinstance(tool_args, Mapping):  # dict first: what the JSON parser makes
+        return read_str(tool_args.get("member_id"))
+    return None

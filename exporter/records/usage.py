@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from exporter.records.runs import record
+
 
 @dataclass(frozen=True, slots=True)
 class TokenMeaning:
@@ -55,7 +57,7 @@ def meaning(provider: str) -> TokenMeaning:
     return MEANINGS.get(provider, OPENAI)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Billable:
     """One model's usage in disjoint parts, each billed at its own rate (counts of tokens)."""
 

@@ -198,10 +198,25 @@ def read_epoch(value: Any, *where: Any) -> int:
     return int(num) if num is not None else 0
 
 
+# label value -> itself made safe, for the values that needed no cleaning (so a hit has no effect
+# on ``sanitized``): names of models, tools and agents repeat on every run; normalising each again
+# was a tenth of building a record. Bounded: beyond it values are cleaned each time.
+_CLEAN: dict[str, str] = {}
+_CLEAN_MAX = 1 << 14
+
+
 def clean_label(value: str | None, fallback: str, sanitized: list[str]) -> str:
     """Make a value safe for a Prometheus label: no control characters, bounded length."""
     if not value:
         return fallback
+    hit = _CLEAN.get(value)
+    if hit is not None:
+        return hit
+    if value.isprintable() and len(value) <= MAX_LABEL_CHARS:
+        out = unicodedata.normalize("NFC", value)
+        if len(_CLEAN) < _CLEAN_MAX:
+            _CLEAN[value] = out
+        return out
     if not value.isprintable():
         sanitized.append("control_chars")
         value = "".join(ch if ch.isprintable() else " " for ch in value).strip() or fallback
@@ -232,8 +247,16 @@ def provider_name(raw: str | None) -> str:
     """agno's provider string -> OpenTelemetry GenAI provider name (lower-case, stable)."""
     if not raw:
         return "unknown"
-    key = raw.strip().lower()
-    return _PROVIDERS.get(key) or key.replace(" ", "_")
+    name = _PROVIDER_NAMES.get(raw)
+    if name is None:
+        key = raw.strip().lower()
+        name = _PROVIDERS.get(key) or key.replace(" ", "_")
+        if len(_PROVIDER_NAMES) < _CLEAN_MAX:
+            _PROVIDER_NAMES[raw] = name
+    return name
+
+
+_PROVIDER_NAMES: dict[str, str] = {}  # agno's provider string -> provider_name's answer (they are few)
 
 
 # error.type (OpenTelemetry: a low-cardinality class of the error) from what agno stores of a failed

@@ -87,18 +87,19 @@ class Ledger(SessionState):
                 cur = await conn.execute(
                     self._q(
                         "INSERT INTO {s}.runs (source, run_id, root_run_id, status, session_id, counted_at,"
-                        " host_run_id, parent_run_id, traces_exported) SELECT %s, *, %s FROM unnest(%b::text[],"
-                        " %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], %b::text[])"
-                        " ON CONFLICT DO NOTHING RETURNING run_id"
+                        " host_run_id, parent_run_id, traces_exported)"
+                        " SELECT %s, id, root, st, sid, %s, host, parent, %s"
+                        " FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+                        " AS x(id, root, st, sid, host, parent) ON CONFLICT DO NOTHING RETURNING run_id"
                     ),
                     (
                         self.source,
+                        float(now),
                         not self.traces,
                         [r.run_id for r in records],
                         [roots.get(r.run_id, r.run_id) for r in records],
                         [r.status for r in records],
                         [r.session_id for r in records],
-                        [float(now)] * len(records),
                         [r.host_run_id for r in records],
                         [r.parent_run_id for r in records],
                     ),

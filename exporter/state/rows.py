@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple, Protocol
 
-from exporter.records.runs import RunRecord
+from exporter.records.runs import RunRecord, record
 
 
-@dataclass(frozen=True, slots=True)
+@record  # a page writes a row per series it changed (about one per run)
 class SeriesRow:
     """A series as the state store keeps it: a family's name, its label values, the running total
     (counter, histogram sum), the count of observations and a histogram's cumulative bucket counts."""
@@ -29,7 +29,16 @@ class SeriesRow:
 
     @property
     def key(self) -> str:
-        return json.dumps(self.labels, ensure_ascii=False)
+        return label_key(self.labels)
+
+
+@lru_cache(maxsize=1 << 16)
+def label_key(labels: tuple[str, ...]) -> str:
+    """The ``labels`` column of a series: its label values as a JSON array (the primary key's text, so
+    the spelling never changes). Cached: every page writes most series again, and encoding their
+    labels each time was a tenth of the state's Python time; the cap is far above the series held
+    (``metrics.label_value_limit`` bounds them)."""
+    return json.dumps(labels, ensure_ascii=False)
 
 
 class TopSession(NamedTuple):

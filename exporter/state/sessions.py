@@ -87,7 +87,8 @@ class SessionState(SeriesState):
             if back:
                 a[7] -= r.session_tokens
                 continue
-            reported, estimated = costs.get(r.run_id, (r.cost_usd, 0.0))
+            cost = costs.get(r.run_id)
+            reported, estimated = cost if cost is not None else (r.cost_usd, 0.0)  # cost_usd only when needed
             a[2] += r.totals.get("input", 0) + r.totals.get("output", 0)
             a[3] += reported
             a[4] += estimated
@@ -100,8 +101,8 @@ class SessionState(SeriesState):
         ids = list(agg)
         cur = await conn.execute(
             self._q(
-                "INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost, estimated_cost,"
-                " runs, first_seen, last_seen, agno_tokens)"
+                "WITH up AS (INSERT INTO {s}.sessions AS s (source, session_id, run_type, name, tokens, cost,"
+                " estimated_cost, runs, first_seen, last_seen, agno_tokens)"
                 " SELECT %s, sid, rt, nm, tk, co, est, n, %s, %s, at"
                 " FROM unnest(%b::text[], %b::text[], %b::text[], %b::int8[], %b::float8[], %b::float8[], %b::int[],"
                 " %b::bool[], %b::int8[]) AS x(sid, rt, nm, tk, co, est, n, top, at)"
@@ -109,7 +110,9 @@ class SessionState(SeriesState):
                 " cost = s.cost + EXCLUDED.cost, estimated_cost = s.estimated_cost + EXCLUDED.estimated_cost,"
                 " runs = s.runs + EXCLUDED.runs, last_seen = EXCLUDED.last_seen,"
                 " agno_tokens = s.agno_tokens + EXCLUDED.agno_tokens"
-                " RETURNING (xmax = 0) AS inserted, run_type, name"
+                " RETURNING (xmax = 0) AS inserted, run_type, name)"
+                # only the new sessions come back (most of a page's sessions are usually known)
+                " SELECT run_type, name FROM up WHERE inserted"
             ),
             (
                 self.source, now, now, ids,
@@ -118,4 +121,4 @@ class SessionState(SeriesState):
                 [agg[i][6] for i in ids], [int(agg[i][7]) for i in ids],
             ),
         )
-        return [(r["run_type"], r["name"]) for r in await cur.fetchall() if r["inserted"]]
+        return [(r["run_type"], r["name"]) for r in await cur.fetchall()]

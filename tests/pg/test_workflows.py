@@ -198,7 +198,7 @@ async def _step_runs_are_counted(db_url: str, sim_url: str) -> None:
         counts = await c.source.session_run_counts([full_sid])
         assert counts[full_sid] == (mine["runs"], 0) == (1, 0)  # the check sees the session complete
         await c.poll_once()
-        assert not c._session_checks  # compared, not only due
+        assert not c.session_totals.pending  # compared, not only due
         assert samples(c).sum("agno_session_disagreements_total") == 0
 
         # A restart reads nothing twice.

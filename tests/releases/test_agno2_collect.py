@@ -95,7 +95,7 @@ def test_agno2_workflow_steps_are_counted(db_url: str, sim_url: str, agno2_pytho
             while (await c.poll_once()).counted:
                 pass
             await c.poll_once()  # the session check, now all runs are counted
-            assert not c._session_checks
+            assert not c.session_totals.pending
             ours = (await c.state.sessions_by_id([session["session_id"]]))[session["session_id"]]
             sm = session["metrics"]
             # agno's workflow session totals: its run's metrics.steps (the team's leader, one Loop run)

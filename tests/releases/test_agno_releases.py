@@ -73,11 +73,11 @@ async def collect(db_url: str, runs: int, service: Service | None = None, **coll
         for _ in range(200):
             await c.poll_once()
             counted = sum(v.total for v in service.store.series("agno_runs").values())
-            if counted >= runs and not c._session_checks:  # checks run in the poll after the count
+            if counted >= runs and not c.session_totals.pending:  # checks run in the poll after the count
                 break
             await asyncio.sleep(0.05)
         assert counted == runs, f"counted {counted} runs, agno reports {runs}"
-        assert not c._session_checks
+        assert not c.session_totals.pending
         return Samples(generate_latest(service.registry).decode())
     finally:
         if own:

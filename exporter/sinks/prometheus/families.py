@@ -88,57 +88,90 @@ def new_store(label_value_limit: int) -> SeriesStore:
 
 def observations(record: RunRecord, trace_id: str | None, prices: PriceTable | None = None) -> Iterator[Observation]:
     """Everything one finished run adds to the persisted families."""
+    out: list[Observation] = []
+    run_observations(record, trace_id, prices, out)
+    return iter(out)
+
+
+# Observation's own constructor is a Python function (NamedTuple.__new__); a run makes about twenty
+# of them, and building the tuple directly was a tenth of preparing a page.
+_obs = tuple.__new__
+
+
+def run_observations(record: RunRecord, trace_id: str | None, prices: PriceTable | None,
+                     out: list[Observation]) -> tuple[float, float]:
+    """Append what one finished run adds to the persisted families to ``out``; return what
+    :func:`cost_of` returns for those observations: (reported, estimated) US dollars, summed in the
+    order the observations are made."""
     rt, name = record.run_type, record.name
-    yield Observation("agno_runs", (rt, name, record.status), 1)
+    add = out.append
+    ob = Observation
+    add(_obs(ob, ("agno_runs", (rt, name, record.status), 1, None)))
     for t in record.tokens:
-        yield Observation("agno_tokens", (rt, name, t.model, t.provider, t.model_role, t.token_type), t.count)
+        add(_obs(ob, ("agno_tokens", (rt, name, t.model, t.provider, t.model_role, t.token_type), t.count, None)))
     for a in record.anomalies:
-        yield Observation("agno_token_anomalies", (a.kind, a.provider, a.model), 1)
+        add(_obs(ob, ("agno_token_anomalies", (a.kind, a.provider, a.model), 1, None)))
+    reported = estimated = 0.0
     for c in record.costs:
-        yield Observation("agno_cost_usd", (rt, name, c.model, c.provider, "reported"), c.usd)
+        add(_obs(ob, ("agno_cost_usd", (rt, name, c.model, c.provider, "reported"), c.usd, None)))
+        reported += c.usd
     if prices is not None:
-        yield from _estimated_cost(record, prices)
+        estimated = _estimated_cost(record, prices, out)
     if record.duration is not None:
-        yield Observation("agno_run_duration_seconds", (rt, name, record.status), record.duration, trace_id)
+        add(_obs(ob, ("agno_run_duration_seconds", (rt, name, record.status), record.duration, trace_id)))
     if record.time_to_first_token is not None:
-        yield Observation("agno_run_time_to_first_token_seconds", (rt, name, "true" if record.streamed else "false"),
-                          record.time_to_first_token, trace_id)
+        add(_obs(ob, ("agno_run_time_to_first_token_seconds", (rt, name, "true" if record.streamed else "false"),
+                      record.time_to_first_token, trace_id)))
     for call in record.model_calls:
-        yield Observation("agno_model_calls", (rt, name, call.model, call.provider, call.model_role), 1)
-        base = ("chat", call.provider, call.model)
-        for ttype, n in (("input", call.input_tokens), ("output", call.output_tokens)):
-            if n:
-                yield Observation("gen_ai_client_token_usage", (*base, ttype, name), n, trace_id)
+        provider, model = call.provider, call.model
+        add(_obs(ob, ("agno_model_calls", (rt, name, model, provider, call.model_role), 1, None)))
+        if call.input_tokens:
+            add(_obs(ob, ("gen_ai_client_token_usage", ("chat", provider, model, "input", name), call.input_tokens,
+                          trace_id)))
+        if call.output_tokens:
+            add(_obs(ob, ("gen_ai_client_token_usage", ("chat", provider, model, "output", name), call.output_tokens,
+                          trace_id)))
         if call.duration is not None:
-            yield Observation("gen_ai_client_operation_duration_seconds", (*base, name, ""), call.duration,
-                              trace_id)
+            add(_obs(ob, ("gen_ai_client_operation_duration_seconds", ("chat", provider, model, name, ""),
+                          call.duration, trace_id)))
         # OpenTelemetry GenAI: time to first chunk "SHOULD be reported for streaming calls and SHOULD
         # NOT be reported otherwise"; agno stores a non-streamed call's whole duration as its TTFT.
         if call.streamed and call.time_to_first_token is not None:
-            yield Observation("gen_ai_server_time_to_first_token_seconds", (*base, name),
-                              call.time_to_first_token, trace_id)
+            add(_obs(ob, ("gen_ai_server_time_to_first_token_seconds", ("chat", provider, model, name),
+                          call.time_to_first_token, trace_id)))
     for tool in record.tool_calls:
-        yield Observation("agno_tool_calls", (name, tool.name), 1)
+        add(_obs(ob, ("agno_tool_calls", (name, tool.name), 1, None)))
         if tool.error:
-            yield Observation("agno_tool_call_errors", (name, tool.name), 1)
+            add(_obs(ob, ("agno_tool_call_errors", (name, tool.name), 1, None)))
         if tool.duration is not None:
-            yield Observation("gen_ai_execute_tool_duration_seconds",
-                              (tool.name, name, "ToolCallError" if tool.error else ""), tool.duration, trace_id)
+            add(_obs(ob, ("gen_ai_execute_tool_duration_seconds",
+                          (tool.name, name, "ToolCallError" if tool.error else ""), tool.duration, trace_id)))
+    return reported, estimated
 
 
-def _estimated_cost(record: RunRecord, prices: PriceTable) -> Iterator[Observation]:
-    """Estimate the cost of each model's tokens that no reported cost covers."""
-    reported = {(c.model, c.provider) for c in record.costs}
+def _estimated_cost(record: RunRecord, prices: PriceTable, out: list[Observation]) -> float:
+    """Estimate the cost of each model's tokens that no reported cost covers; append the observations
+    to ``out`` and return the estimated US dollars (summed in the order they are appended)."""
+    reported = {(c.model, c.provider) for c in record.costs} if record.costs else ()
     per_model: dict[tuple[str, str], list[TokenUsage]] = {}
     for t in record.tokens:
-        if (t.model, t.provider) not in reported:
-            per_model.setdefault((t.model, t.provider), []).append(t)
+        key = (t.model, t.provider)
+        if key not in reported:
+            group = per_model.get(key)
+            if group is None:
+                per_model[key] = [t]
+            else:
+                group.append(t)
+    estimated = 0.0
     for (model, provider), usages in per_model.items():
         usd = prices.estimate(usages)
         if usd is None:
-            yield Observation("agno_cost_unpriced_runs", (model, provider), 1)
+            out.append(_obs(Observation, ("agno_cost_unpriced_runs", (model, provider), 1, None)))
         elif usd > 0:
-            yield Observation("agno_cost_usd", (record.run_type, record.name, model, provider, "estimated"), usd)
+            out.append(_obs(Observation, ("agno_cost_usd", (record.run_type, record.name, model, provider, "estimated"),
+                                          usd, None)))
+            estimated += usd
+    return estimated
 
 
 def cost_of(observations: Iterable[Observation]) -> tuple[float, float]:

@@ -44,8 +44,14 @@ class PrometheusSink:
     def prepare(self, records: Sequence[RunRecord], trace_ids: Mapping[str, str]) -> _Prepared:
         # A session's cost is summed from the very cost observations that go to agno_cost_usd_total
         # (estimates included); built before the transaction so that it stays short.
-        per_run = {r.run_id: list(families.observations(r, trace_ids[r.run_id], self.prices)) for r in records}
-        return _Prepared(self.store, per_run, {run_id: families.cost_of(obs) for run_id, obs in per_run.items()})
+        per_run: dict[str, list[Observation]] = {}
+        costs: dict[str, tuple[float, float]] = {}
+        prices = self.prices
+        for r in records:
+            obs: list[Observation] = []
+            costs[r.run_id] = families.run_observations(r, trace_ids[r.run_id], prices, obs)  # = cost_of(obs)
+            per_run[r.run_id] = obs
+        return _Prepared(self.store, per_run, costs)
 
     def stage_disagreements(self, sessions: Sequence[tuple[str, str, str]], now: float) -> Staged:
         return self.store.stage([Observation("agno_session_disagreements", (rt, nm), 1) for _, rt, nm in sessions],
