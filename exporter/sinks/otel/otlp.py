@@ -74,8 +74,10 @@ def add_attributes(target: Any, attrs: Mapping[str, Any]) -> None:
     """Append ``attrs`` to a repeated ``KeyValue`` field, in their order."""
     for key, value in attrs.items():
         kind = type(value)
-        if kind is str:  # most of ours: the short way
+        if kind is str:  # most of ours (then token counts): the short way
             target.add(key=key).value.string_value = value
+        elif kind is int and _INT64_MIN <= value <= _INT64_MAX:
+            target.add(key=key).value.int_value = value
         elif _encodable(value):
             _set(target.add(key=key).value, value)
         else:

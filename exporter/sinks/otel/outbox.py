@@ -45,6 +45,9 @@ class StateOutbox:
         self.clock = clock
         self.keep = keep  # records held for delivery: about 1-3 KB each without content
         self._recent: dict[str, RunRecord] = {}  # run id -> the record counted, oldest first
+        # Member runs already delivered, kept for their team's layout: a member is counted (and so delivered)
+        # before its team most of the time. At most keep // 8 of them, the oldest dropped first.
+        self._members: dict[str, RunRecord] = {}
 
     def offer(self, records: Iterable[RunRecord]) -> None:
         """Records the collector has just committed (so queued here): kept until exported, for the
@@ -146,7 +149,7 @@ class StateOutbox:
     def _held_row(self, row_id: str) -> RowRuns | None:
         """The runs of a row as the counted record in memory gives them: an agent or team run that is a row of its
         own holds no nested runs (build_row_runs reads those only in workflows and in teams nested in a row)."""
-        record = self._recent.get(row_id)
+        record = self._recent.get(row_id) or self._members.get(row_id)
         if record is None or record.host_run_id is not None or record.run_type not in ("agent", "team"):
             return None
         return RowRuns(record)
@@ -165,7 +168,11 @@ class StateOutbox:
     async def mark_exported(self, run_ids: Sequence[str]) -> None:
         await self.state.mark_traces_exported(run_ids)
         for run_id in run_ids:
-            self._recent.pop(run_id, None)
+            record = self._recent.pop(run_id, None)
+            if record is not None and record.parent_run_id and self.keep >= 8:
+                if len(self._members) >= self.keep // 8:
+                    del self._members[next(iter(self._members))]
+                self._members[run_id] = record
 
 
 def _held(rows: dict[str, RowRuns | BadRow], row_id: str) -> RowRuns:
