@@ -1,4 +1,5 @@
-"""agno's own span rows (``agno.tracing``'s table) -> SDK ``ReadableSpan``, ids and times kept as agno wrote them.
+"""agno's own span rows (``agno.tracing``'s table) -> :class:`SpanData` (and SDK ``ReadableSpan``), ids and times
+kept as agno wrote them.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from typing import Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util.types import AttributeValue
 
-from exporter.sinks.otel.traces import AGNO_TRACING_SCOPE, Attributes, json_attribute, span_context
+from exporter.sinks.otel.traces import AGNO_TRACING_SCOPE, Attributes, SpanData, json_attribute, readable
 
 # ---------------------------------------------------------------------------------------------
 # agno's own tracing tables
@@ -47,11 +48,16 @@ def _attribute(value: Any) -> AttributeValue | None:
 
 
 def span_from_agno_row(row: Mapping[str, Any], *, resource: Resource) -> ReadableSpan:
-    """One row of agno's own ``agno_spans`` table (agno.tracing / AgentOS) as a ``ReadableSpan``.
+    """:func:`span_data_from_agno_row` as a ``ReadableSpan`` with ``resource``."""
+    return readable(span_data_from_agno_row(row), resource)
+
+
+def span_data_from_agno_row(row: Mapping[str, Any]) -> SpanData:
+    """One row of agno's own ``agno_spans`` table (agno.tracing / AgentOS) as a span.
 
     The original ids and times are kept (agno stores ISO 8601 times, so microsecond precision).
     These spans belong to agno's trace ids, not to the ids this exporter derives from run ids; the
-    resource is the caller's because agno does not store one. Raises ``ValueError`` on a bad row.
+    resource is the sink's because agno does not store one. Raises ``ValueError`` on a bad row.
     """
     try:
         trace_id = int(str(row["trace_id"]), 16)
@@ -77,16 +83,16 @@ def span_from_agno_row(row: Mapping[str, Any], *, resource: Resource) -> Readabl
     kind = SpanKind.__members__.get(str(row.get("span_kind") or "INTERNAL").upper(), SpanKind.INTERNAL)
     code = StatusCode.__members__.get(str(row.get("status_code") or "UNSET").upper(), StatusCode.UNSET)
     message = row.get("status_message")
-    status = Status(code, str(message) if code is StatusCode.ERROR and message else None)
-    return ReadableSpan(
+    return SpanData(
         name=str(row.get("name") or "span"),
-        context=span_context(trace_id, span_id),
-        parent=span_context(trace_id, parent_id) if parent_id else None,
-        resource=resource,
-        attributes=attrs,
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_id or None,
         kind=kind,
-        status=status,
-        start_time=start,
-        end_time=max(start, end),
-        instrumentation_scope=AGNO_TRACING_SCOPE,
+        attributes=attrs,
+        start_ns=start,
+        end_ns=max(start, end),
+        scope=AGNO_TRACING_SCOPE,
+        status=code,
+        status_message=str(message) if code is StatusCode.ERROR and message else None,
     )

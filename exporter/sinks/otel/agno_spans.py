@@ -43,14 +43,14 @@ from datetime import UTC, datetime
 
 import psycopg
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from prometheus_client import CollectorRegistry, Counter
 
 from exporter.ingest.cursor import Watermark, WindowLog
 from exporter.ingest.source import Snapshot
 from exporter.ingest.spans_table import SpanCandidate, SpansTable
 from exporter.retry import poll_backoff
-from exporter.sinks.otel.agno_rows import span_from_agno_row
+from exporter.sinks.otel.agno_rows import span_data_from_agno_row
+from exporter.sinks.otel.traces import SpanData
 from exporter.state.store import PostgresState
 
 log = logging.getLogger("agno_exporter.agno_spans")
@@ -67,12 +67,12 @@ def since_text(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PendingSpan:
-    """One of agno's spans, read and converted by the outbox (with the sink's resource)."""
+    """One of agno's spans, read and converted by the outbox (the sink adds its resource)."""
 
     key: str  # agno's span id
-    span: ReadableSpan
+    span: SpanData
 
-    def build(self, resource: Resource, capture_content: bool) -> list[ReadableSpan]:
+    def build(self, capture_content: bool) -> list[SpanData]:
         return [self.span]  # agno's attributes are forwarded as agno stored them
 
     def span_count(self) -> int:
@@ -103,7 +103,7 @@ class SpanOutbox:
             reason = SKIP_GONE
             if row is not None:
                 try:
-                    out.append(PendingSpan(span_id, span_from_agno_row(row, resource=self.resource)))
+                    out.append(PendingSpan(span_id, span_data_from_agno_row(row)))
                     continue
                 except (ValueError, TypeError, OverflowError) as exc:
                     log.warning("skipping agno span %s: %s", span_id, exc)

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from exporter.records.runs import RunRecord, ToolCall
 from exporter.retry import Backoff
-from exporter.sinks.otel.traces import build_spans, expected_span_count
+from exporter.sinks.otel.exporters import RequestExporter
+from exporter.sinks.otel.otlp import SpanEncoder
+from exporter.sinks.otel.traces import SpanData, expected_span_count, readable, span_data
 
 log = logging.getLogger("exporter.traces")  # the name it had before the package had subpackages
 
@@ -36,7 +37,7 @@ class Pending(Protocol):
     @property
     def key(self) -> str: ...
 
-    def build(self, resource: Resource, capture_content: bool) -> list[ReadableSpan]:
+    def build(self, capture_content: bool) -> list[SpanData]:
         """Its spans; deterministic, so an error here is given up on (counted as dropped)."""
         ...
 
@@ -59,10 +60,9 @@ class PendingTrace:
     def key(self) -> str:
         return self.record.run_id
 
-    def build(self, resource: Resource, capture_content: bool) -> list[ReadableSpan]:
-        return build_spans(self.record, root_run_id=self.root_run_id, parent_run_id=self.record.parent_run_id,
-                           resource=resource, capture_content=capture_content, parent_tool=self.parent_tool,
-                           nested=self.nested)
+    def build(self, capture_content: bool) -> list[SpanData]:
+        return span_data(self.record, root_run_id=self.root_run_id, parent_run_id=self.record.parent_run_id,
+                         capture_content=capture_content, parent_tool=self.parent_tool, nested=self.nested)
 
     def span_count(self) -> int:
         return expected_span_count(self.record)
@@ -141,11 +141,16 @@ class _Pass(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class _Built:
     key: str
-    spans: list[ReadableSpan]
+    spans: list[SpanData]
 
 
 class TraceSink:
-    """Exports pending entries from an outbox through a ``SpanExporter``; see the module docstring."""
+    """Exports pending entries from an outbox through a ``SpanExporter``; see the module docstring.
+
+    With an exporter that takes requests (:class:`~exporter.sinks.otel.exporters.RequestExporter`, what
+    :func:`~exporter.sinks.otel.exporters.make_span_exporter` makes) the spans are encoded by
+    :class:`~exporter.sinks.otel.otlp.SpanEncoder`; with any other ``SpanExporter`` they are handed over as SDK
+    ``ReadableSpan`` objects. The bytes on the wire are the same."""
 
     def __init__(
         self,
@@ -172,6 +177,8 @@ class TraceSink:
         self._outbox = outbox
         self._exporter = exporter
         self._resource = resource
+        self._requests = exporter if isinstance(exporter, RequestExporter) and exporter.accepts_requests else None
+        self._encoder = SpanEncoder(resource)
         self._batch_size = batch_size
         if not 0 < min_backoff <= max_backoff:
             raise ValueError("need 0 < min_backoff <= max_backoff")
@@ -282,7 +289,7 @@ class TraceSink:
         unbuildable: list[tuple[str, int]] = []
         for item in batch:
             try:
-                spans = item.build(self._resource, self._capture_content)
+                spans = item.build(self._capture_content)
             except Exception:
                 # Building is deterministic: retrying gives the same error, so give up on this entry.
                 log.exception("cannot build spans of %s %s; dropping them", self.origin, item.key)
@@ -345,10 +352,16 @@ class TraceSink:
                 worst = outcome
         return worst, total
 
-    async def _export(self, spans: list[ReadableSpan]) -> bool:
+    def _send(self, spans: list[SpanData]) -> SpanExportResult:
+        """Encode and send (in a worker thread: both hold the GIL, but the event loop keeps turning)."""
+        if self._requests is not None:
+            return self._requests.export_request(self._encoder.request(spans))
+        return self._exporter.export([readable(span, self._resource) for span in spans])
+
+    async def _export(self, spans: list[SpanData]) -> bool:
         started = self._clock()
         try:
-            result = await asyncio.to_thread(self._exporter.export, spans)
+            result = await asyncio.to_thread(self._send, spans)
         except Exception:
             log.warning("span exporter raised", exc_info=True)
             result = SpanExportResult.FAILURE

@@ -4,9 +4,12 @@ A run enters the outbox in the same transaction that counts it; the trace sink m
 only after the backend accepted its spans. The outbox holds ids, not spans, so memory stays bounded
 however long the backend is down. The records the collector just counted are handed over in memory
 (:meth:`StateOutbox.offer`, at most ``keep`` of them): an agent run of its own row is built from there,
-with no second read of agno's table. Everything else — after a restart, a failed export, a cache
-that was full, a team or workflow run (whose layout needs the runs nested in it or its member rows) —
-is re-read from agno's table by run id, as the durable outbox always allows. A run
+with no second read of agno's table, and so is any agent or team row a delivery needs (a team's own row, a
+member's team, a team's member rows found by the member query): those are not parsed again. Everything
+else — after a restart, a failed export, a cache that was full, a workflow run (whose layout needs the
+runs nested in it) — is re-read from agno's table by run id, as the durable outbox always allows; a
+team's member rows are always looked up in agno's table (which of them exist is agno's to say), but
+parsed only when not in memory. A run
 nested in another run's row (a workflow's step, see records.build_row_runs) is re-read through
 that row. A run with a parent waits until its parent is counted (at most ``hold`` seconds): a team
 member's span hangs under the team's tool call that started it, which only the team's row tells.
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from exporter.ingest.readers import AgnoSource
 from exporter.records.nesting import MAX_NESTING, RowRuns, build_row_runs, delegating_tool
@@ -41,6 +45,9 @@ class StateOutbox:
         self.clock = clock
         self.keep = keep  # records held for delivery: about 1-3 KB each without content
         self._recent: dict[str, RunRecord] = {}  # run id -> the record counted, oldest first
+        # Member runs already delivered, kept for their team's layout: a member is counted (and so delivered)
+        # before its team most of the time. At most keep // 8 of them, the oldest dropped first.
+        self._members: dict[str, RunRecord] = {}
 
     def offer(self, records: Iterable[RunRecord]) -> None:
         """Records the collector has just committed (so queued here): kept until exported, for the
@@ -84,16 +91,15 @@ class StateOutbox:
         if counted:
             await self.source.refresh()
         refs: dict[str, str | None] = {}  # row run id -> session id
-        for c in counted:
-            refs.setdefault(c.row_run_id, c.session_id)
-            if c.parent_row_run_id:
-                refs.setdefault(c.parent_row_run_id, c.session_id)
         rows: dict[str, RowRuns | BadRow] = {}
+        for c in counted:
+            for row_id in (c.row_run_id, c.parent_row_run_id):
+                if row_id and row_id not in rows and (held := self._held_row(row_id)) is not None:
+                    rows[row_id] = held
+                elif row_id:
+                    refs.setdefault(row_id, c.session_id)
         for row in await self.source.fetch_runs(list(refs.items())):
-            try:
-                rows[str(row_run_id(row))] = build_row_runs(row, row.get("run_data"), with_content=self.with_content)
-            except BadRow as exc:
-                rows[str(row_run_id(row))] = exc
+            rows[str(row_run_id(row))] = self._row_runs(row)
         tree = await self._tree([r for r in rows.values() if isinstance(r, RowRuns)])
         gone: list[str] = []
         for c in counted:
@@ -128,10 +134,10 @@ class StateOutbox:
                 break
             members = []
             for row in await self.source.fetch_children([(t.run_id, t.session_id) for t in teams]):
-                try:
-                    members.append(build_row_runs(row, row.get("run_data"), with_content=self.with_content).run)
-                except BadRow:
+                member_row = self._row_runs(row)
+                if isinstance(member_row, BadRow):
                     continue  # the member's own trace says so; its team's layout does without it
+                members.append(member_row.run)
             teams = []
             for member in members:
                 if member.parent_run_id and member.run_id not in tree.setdefault(member.parent_run_id, {}):
@@ -140,10 +146,33 @@ class StateOutbox:
                         teams.append(member)
         return {k: tuple(v.values()) for k, v in tree.items()}
 
+    def _held_row(self, row_id: str) -> RowRuns | None:
+        """The runs of a row as the counted record in memory gives them: an agent or team run that is a row of its
+        own holds no nested runs (build_row_runs reads those only in workflows and in teams nested in a row)."""
+        record = self._recent.get(row_id) or self._members.get(row_id)
+        if record is None or record.host_run_id is not None or record.run_type not in ("agent", "team"):
+            return None
+        return RowRuns(record)
+
+    def _row_runs(self, row: Mapping[str, Any]) -> RowRuns | BadRow:
+        """A row read again: from the record counted in memory when there is one (see :meth:`_held_row`; parsing
+        run_data again is most of a re-read's cost), else parsed."""
+        held = self._held_row(str(row_run_id(row)))
+        if held is not None:
+            return held
+        try:
+            return build_row_runs(row, row.get("run_data"), with_content=self.with_content)
+        except BadRow as exc:
+            return exc
+
     async def mark_exported(self, run_ids: Sequence[str]) -> None:
         await self.state.mark_traces_exported(run_ids)
         for run_id in run_ids:
-            self._recent.pop(run_id, None)
+            record = self._recent.pop(run_id, None)
+            if record is not None and record.parent_run_id and self.keep >= 8:
+                if len(self._members) >= self.keep // 8:
+                    del self._members[next(iter(self._members))]
+                self._members[run_id] = record
 
 
 def _held(rows: dict[str, RowRuns | BadRow], row_id: str) -> RowRuns:

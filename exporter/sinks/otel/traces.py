@@ -3,10 +3,11 @@
 Why it looks like this
 ----------------------
 * **Spans are built, not recorded.** The exporter reads finished runs from agno's tables after the
-  fact, so there is no live ``Tracer``: :func:`build_spans` turns one :class:`~exporter.records.runs.RunRecord`
-  into SDK ``ReadableSpan`` objects, a pure function of the record. Trace and span ids come from
-  :mod:`exporter.records.ids` (hashes of run ids), so a run exported twice gives the same ids, and a team's
-  member run lands in its parent's trace whichever row is read first.
+  fact, so there is no live ``Tracer``: :func:`span_data` turns one :class:`~exporter.records.runs.RunRecord`
+  into :class:`SpanData` records, a pure function of the record, which :mod:`exporter.sinks.otel.otlp`
+  encodes into the OTLP request (:func:`build_spans`: the same as SDK ``ReadableSpan`` objects). Trace and
+  span ids come from :mod:`exporter.records.ids` (hashes of run ids), so a run exported twice gives the
+  same ids, and a team's member run lands in its parent's trace whichever row is read first.
 * **Delivery is driven by a durable outbox, not by a ``BatchSpanProcessor``.** A processor keeps
   spans in memory and its ``force_flush`` does not say whether the backend took them. The
   :class:`TraceSink` asks the outbox (Postgres state owned by the collector) for runs not yet
@@ -84,6 +85,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
@@ -118,6 +120,44 @@ _USAGE_ATTRIBUTES = {
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 
 Attributes = dict[str, AttributeValue]
+
+
+@dataclass(frozen=True, slots=True)
+class SpanData:
+    """One span as built, before any encoding: what the OTLP request (:mod:`exporter.sinks.otel.otlp`) and the
+    SDK's ``ReadableSpan`` (:func:`readable`) are both made from. Ids are ints (128-bit trace, 64-bit span),
+    times epoch nanoseconds; every span is sampled, and no context is remote."""
+
+    name: str
+    trace_id: int
+    span_id: int
+    parent_span_id: int | None
+    kind: SpanKind
+    attributes: Attributes
+    start_ns: int
+    end_ns: int
+    scope: InstrumentationScope
+    status: StatusCode = StatusCode.UNSET
+    status_message: str | None = None
+    link_span_ids: tuple[int, ...] = ()  # spans of the same trace this one links to (a tool -> its chat call)
+
+
+def readable(span: SpanData, resource: Resource) -> ReadableSpan:
+    """``span`` as the SDK's ``ReadableSpan`` (for an SDK ``SpanExporter``, and what the tests inspect)."""
+    trace_id = span.trace_id
+    return ReadableSpan(
+        name=span.name,
+        context=span_context(trace_id, span.span_id),
+        parent=span_context(trace_id, span.parent_span_id) if span.parent_span_id is not None else None,
+        resource=resource,
+        attributes=span.attributes,
+        links=[Link(span_context(trace_id, s)) for s in span.link_span_ids],
+        kind=span.kind,
+        status=Status(span.status, span.status_message),
+        start_time=span.start_ns,
+        end_time=span.end_ns,
+        instrumentation_scope=span.scope,
+    )
 
 # ---------------------------------------------------------------------------------------------
 # span builder
@@ -189,6 +229,21 @@ def build_spans(
     parent_tool: ToolCall | None = None,
     nested: Mapping[str, Sequence[RunRecord]] | None = None,
 ) -> list[ReadableSpan]:
+    """:func:`span_data` as SDK ``ReadableSpan`` objects with ``resource``."""
+    return [readable(span, resource) for span in span_data(
+        record, root_run_id=root_run_id, parent_run_id=parent_run_id, capture_content=capture_content,
+        parent_tool=parent_tool, nested=nested)]
+
+
+def span_data(
+    record: RunRecord,
+    *,
+    root_run_id: str,
+    parent_run_id: str | None = None,
+    capture_content: bool = False,
+    parent_tool: ToolCall | None = None,
+    nested: Mapping[str, Sequence[RunRecord]] | None = None,
+) -> list[SpanData]:
     """The spans of one run: its invoke span first, then chat spans, then tool spans.
 
     ``root_run_id`` names the trace (the top-level run); ``parent_run_id`` the run whose span is
@@ -202,12 +257,11 @@ def build_spans(
     run_id = record.run_id
     root = root_run_id or run_id
     trace_id = trace_id_for(root)
-    run_ctx = span_context(trace_id, span_id_for(run_id))
+    run_span = span_id_for(run_id)
     parent = None
     if parent_run_id and root != run_id:
-        parent_span = span_id_for(parent_run_id, "tool", parent_tool.call_id) if parent_tool else span_id_for(
+        parent = span_id_for(parent_run_id, "tool", parent_tool.call_id) if parent_tool else span_id_for(
             parent_run_id)
-        parent = span_context(trace_id, parent_span)
     layout = layout_tree(record, nested or {})
     workflow = record.run_type == "workflow"
     operation = "invoke_workflow" if workflow else "invoke_agent"
@@ -249,10 +303,10 @@ def build_spans(
     if record.workflow_step_names:
         attrs["agno.workflow.steps"] = list(record.workflow_step_names)
     attrs["agno.timing"] = _timing(layout.run)
-    status = Status(StatusCode.UNSET)
+    status, message = StatusCode.UNSET, None
     if record.error_type:
         attrs["error.type"] = record.error_type
-        status = Status(StatusCode.ERROR, record.error_message or record.error_type)
+        status, message = StatusCode.ERROR, record.error_message or record.error_type
     if capture_content:
         if record.input_content:
             attrs["gen_ai.input.messages"] = json_attribute(
@@ -270,26 +324,27 @@ def build_spans(
             )
 
     spans = [
-        ReadableSpan(
+        SpanData(
             name=f"{operation} {record.name}",
-            context=run_ctx,
-            parent=parent,
-            resource=resource,
-            attributes=attrs,
+            trace_id=trace_id,
+            span_id=run_span,
+            parent_span_id=parent,
             kind=SpanKind.INTERNAL,  # agno runs agents in-process: the "internal" invoke_agent span
+            attributes=attrs,
+            start_ns=layout.run.start_ns,
+            end_ns=layout.run.end_ns,
+            scope=SCOPE,
             status=status,
-            start_time=layout.run.start_ns,
-            end_time=layout.run.end_ns,
-            instrumentation_scope=SCOPE,
+            status_message=message,
         )
     ]
 
     tool_names = {t.call_id: t.name for t in record.tool_calls}
-    chat_ctx: dict[str, SpanContext] = {}
+    chat_span: dict[str, int] = {}
     for call, times in zip(record.model_calls, layout.chats, strict=True):
-        ctx = span_context(trace_id, span_id_for(run_id, "chat", str(call.index)))
+        chat = span_id_for(run_id, "chat", str(call.index))
         for call_id in call.tool_call_ids:
-            chat_ctx.setdefault(call_id, ctx)
+            chat_span.setdefault(call_id, chat)
         c_attrs: Attributes = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": call.provider,
@@ -318,19 +373,9 @@ def build_spans(
         c_attrs["agno.timing"] = _timing(times)
         if capture_content and (output := _chat_output(call, tool_names)):
             c_attrs["gen_ai.output.messages"] = output
-        spans.append(
-            ReadableSpan(
-                name=f"chat {call.model}",
-                context=ctx,
-                parent=run_ctx,
-                resource=resource,
-                attributes=c_attrs,
-                kind=SpanKind.CLIENT,
-                start_time=times.start_ns,
-                end_time=times.end_ns,
-                instrumentation_scope=SCOPE,
-            )
-        )
+        spans.append(SpanData(
+            name=f"chat {call.model}", trace_id=trace_id, span_id=chat, parent_span_id=run_span,
+            kind=SpanKind.CLIENT, attributes=c_attrs, start_ns=times.start_ns, end_ns=times.end_ns, scope=SCOPE))
 
     for tool, times in zip(record.tool_calls, layout.tools, strict=True):
         t_attrs: Attributes = {
@@ -343,26 +388,16 @@ def build_spans(
         }
         if tool.child_run_id:
             t_attrs["agno.child_run_id"] = tool.child_run_id
-        t_status = Status(StatusCode.UNSET)
+        t_status, t_message = StatusCode.UNSET, None
         if tool.error:
             t_attrs["error.type"] = TOOL_ERROR_TYPE
-            t_status = Status(StatusCode.ERROR, f"tool call {tool.name} failed")
-        requester = chat_ctx.get(tool.call_id)
-        spans.append(
-            ReadableSpan(
-                name=f"execute_tool {tool.name}",
-                context=span_context(trace_id, span_id_for(run_id, "tool", tool.call_id)),
-                parent=run_ctx,
-                resource=resource,
-                attributes=t_attrs,
-                links=[Link(requester)] if requester is not None else [],
-                kind=SpanKind.INTERNAL,
-                status=t_status,
-                start_time=times.start_ns,
-                end_time=times.end_ns,
-                instrumentation_scope=SCOPE,
-            )
-        )
+            t_status, t_message = StatusCode.ERROR, f"tool call {tool.name} failed"
+        requester = chat_span.get(tool.call_id)
+        spans.append(SpanData(
+            name=f"execute_tool {tool.name}", trace_id=trace_id, span_id=span_id_for(run_id, "tool", tool.call_id),
+            parent_span_id=run_span, kind=SpanKind.INTERNAL, attributes=t_attrs, start_ns=times.start_ns,
+            end_ns=times.end_ns, scope=SCOPE, status=t_status, status_message=t_message,
+            link_span_ids=(requester,) if requester is not None else ()))
     return spans
 
 
