@@ -187,3 +187,23 @@ def test_the_sink_sends_the_same_bytes_either_way(monkeypatch: pytest.MonkeyPatc
             exporter.shutdown()
     assert sent == plain.payloads and len(sent) >= 1
     assert sorted(outbox.exported) == sorted(recs)
+
+
+def test_requests_go_through_the_sdk_exporters_only_where_their_hooks_are_as_expected() -> None:
+    """The fast path relies on SDK internals; a release whose hooks differ falls back to ``export``."""
+    from exporter.sinks.otel.exporters import _grpc_hooks_fit, grpc_exporter_class
+
+    class Renamed:
+        def _export(self, data: Any, timeout: float) -> None: ...
+
+        def _translate_data(self, data: Any) -> None: ...
+
+    class Missing:
+        def _export(self, data: Any) -> None: ...
+
+    assert grpc_exporter_class().accepts_requests  # type: ignore[attr-defined]  # the installed SDK
+    assert not _grpc_hooks_fit(Renamed) and not _grpc_hooks_fit(Missing) and not _grpc_hooks_fit(object)
+    http = make_span_exporter("http://127.0.0.1:9/v1/traces", "http/protobuf")
+    assert isinstance(http, RequestExporter) and http.accepts_requests
+    del http._client  # type: ignore[attr-defined]  # as in a release without it
+    assert not http.accepts_requests

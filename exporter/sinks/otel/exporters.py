@@ -10,6 +10,7 @@ works as before.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -57,6 +58,15 @@ class HttpSpanExporter(SdkHttpExporter):
         return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
 
 
+def _grpc_hooks_fit(cls: type) -> bool:
+    """Whether the SDK's gRPC exporter has the internal hooks :meth:`export_request` relies on, as in 1.45."""
+    try:
+        params = list(inspect.signature(cls._export).parameters)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return params == ["self", "data"] and callable(getattr(cls, "_translate_data", None))
+
+
 @functools.cache
 def grpc_exporter_class() -> type[SpanExporter]:
     """The gRPC exporter class, defined on first use: importing grpc costs ~0.1 s, for HTTP users too."""
@@ -64,9 +74,11 @@ def grpc_exporter_class() -> type[SpanExporter]:
 
     class GrpcSpanExporter(SdkGrpcExporter):
         """The SDK's OTLP/gRPC exporter; a request given to :meth:`export_request` passes the mixin's
-        ``_translate_data`` hook (which encodes SDK spans) unchanged, through the same retries and channel."""
+        ``_translate_data`` hook (which encodes SDK spans) unchanged, through the same retries and channel.
+        Those hooks are the SDK's internals (``_export(data)``, ``_translate_data``; 1.45): with a release
+        whose hooks differ, :attr:`accepts_requests` is False and the delivery uses ``export``, as before."""
 
-        accepts_requests = True
+        accepts_requests = _grpc_hooks_fit(SdkGrpcExporter)
 
         def _translate_data(self, data: Any) -> ExportTraceServiceRequest:
             if isinstance(data, ExportTraceServiceRequest):
