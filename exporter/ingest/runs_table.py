@@ -23,6 +23,7 @@ from exporter.ingest.source import (
     identity_projection,
     take_snapshot,
 )
+from exporter.records.runs import FINAL_STATUSES
 
 
 class RunsTable:
@@ -48,12 +49,11 @@ class RunsTable:
         ).format(t=self._runs, final=final,
                  after=sql.SQL("AND (updated_at, run_id) > (%(au)s, %(ar)s)" if after else "")).as_string(None)
             for after in (False, True)}
-        self._q_first_page = sql.SQL(
-            "(SELECT true AS final, run_id, updated_at, status, NULL::bigint AS created_at FROM {t}"
-            " WHERE status = ANY({final}::text[]) AND updated_at >= %(since)s ORDER BY updated_at, run_id"
-            " LIMIT %(limit)s)"
-            " UNION ALL (SELECT false, run_id, updated_at, status, created_at FROM {t} WHERE updated_at >= %(since)s)"
-        ).format(t=self._runs, final=final).as_string(None)
+        # The open runs' window: every row stamped at or after the window's start, in the candidates' order;
+        # the first candidate page is its first rows in a final status (one index range scan for both).
+        self._q_window = sql.SQL(
+            "SELECT run_id, updated_at, status, created_at FROM {t} WHERE updated_at >= %(since)s"
+            " ORDER BY updated_at, run_id").format(t=self._runs).as_string(None)
 
     async def snapshot(self) -> Snapshot:
         return await take_snapshot(self.db, [self.written])
@@ -80,9 +80,9 @@ class RunsTable:
         return [Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows]
 
     async def candidate_page(self, since: float, after: Any, limit: int) -> Page:
-        """A page of :meth:`candidates`; the first page of a poll also brings the open runs' window
-        (every row stamped at or after ``since``, any status) when the tracker can use it, in the same
-        statement: one index range scan serves both (:mod:`exporter.ingest.openruns`)."""
+        """A page of :meth:`candidates`; the first page of a poll is cut from the open runs' window (every
+        row stamped at or after ``since``, any status) when the tracker can use it: one index range scan
+        serves both (:mod:`exporter.ingest.openruns`)."""
         if after is None and (first := self.first_page(since, limit)) is not None:
             query, params = first
             async with self.db.statement() as conn:
@@ -97,14 +97,14 @@ class RunsTable:
         (:meth:`exporter.ingest.readers.AgnoSource.begin_poll`)."""
         if not self.open.wants_window(since):
             return None
-        return self._q_first_page, {"since": int(since), "limit": limit}
+        return self._q_window, {"since": int(since)}
 
     def first_page_of(self, since: float, limit: int, rows: list[dict[str, Any]]) -> Page:
-        """The rows of :meth:`first_page` -> the page; the window goes to the open runs' tracker
-        (``final`` tells the two parts apart)."""
-        self.open.absorb(since, [r for r in rows if not r["final"]])
-        return self._page([Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in rows if r["final"]],
-                          limit)
+        """The rows of :meth:`first_page` -> the page (its first ``limit`` rows in a final status: what
+        :meth:`candidates` would list); every row goes to the open runs' tracker."""
+        self.open.absorb(since, rows)
+        final = [r for r in rows if r["status"] in FINAL_STATUSES][:limit]
+        return self._page([Candidate(r["run_id"], int(r["updated_at"] or 0), r["status"]) for r in final], limit)
 
     @staticmethod
     def _page(items: list[Candidate], limit: int) -> Page:

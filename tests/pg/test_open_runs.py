@@ -253,3 +253,30 @@ def test_a_runs_table_gone_mid_pipeline_is_looked_for_again(db_url: str, sim_url
             await close(c)
 
     asyncio.run(main())
+
+
+def test_a_burst_larger_than_a_page_is_counted_once_from_the_window(db_url: str, sim_url: str) -> None:
+    """The first candidate page is cut from the open runs' window: when more runs finished than a page holds
+    (``batch_size`` 2 here), the rest are listed after it, and each is counted once."""
+    asyncio.run(write_runs(db_url, sim_url, 2))
+    reopen(db_url, 1)
+
+    async def main() -> None:
+        c = make_collector(db_url, batch_size=2)
+        try:
+            first = (await c.poll_once()).counted
+            await c.poll_once()
+            assert tracker(c).wants_window(c.watermarks["ai.agno_runs"].low)
+            # Seven new finished runs (fresh ids, stamped now) and one new open run, all in the window.
+            multiply_runs(db_url, 1)
+            sql(db_url, "UPDATE ai.agno_runs SET updated_at = extract(epoch FROM now())::bigint"
+                        " WHERE updated_at < extract(epoch FROM now())::bigint - 1800")
+            total = first + await poll_until(c, lambda: exported_runs(c) >= 2 * first, "the burst to be counted")
+            assert total == exported_runs(c) == 2 * first
+            for _ in range(2):
+                assert (await c.poll_once()).counted == 0
+            assert in_progress(c) == 2 and tracker(c).whole_reads == 1
+        finally:
+            await close(c)
+
+    asyncio.run(main())
