@@ -331,6 +331,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _socket_hint(exc: BaseException) -> str:
+    """What libpq's "No such file or directory" on a Unix socket means here: most often the demo's embedded
+    server (whose URL the demo prints), which runs only while ``agno-exporter demo`` does."""
+    text = str(exc)
+    if ".s.PGSQL." in text and "No such file or directory" in text:
+        return ("; no server is listening on that socket (the demo's embedded PostgreSQL runs only while"
+                " `agno-exporter demo` does)")
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and usage errors exit here, before the heavy imports
 
@@ -354,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.Error as exc:  # the one-shot commands; collect and run retry instead
         from exporter.db import redact
 
-        print(f"{name}: database error: {redact(_one_line(exc))}", file=sys.stderr)
+        print(f"{name}: database error: {redact(_one_line(exc))}{_socket_hint(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -212,3 +212,12 @@ def test_no_database_url_is_invalid_configuration_for_every_command(tmp_path: Pa
     assert proc.returncode == 2, said
     assert "Traceback" not in said and "configuration is valid" not in said
     assert "database.url: not set (use --db-url, DATABASE_URL or the config file)" in said
+
+
+def test_a_unix_socket_with_no_server_says_the_demo_server_runs_only_with_the_demo(tmp_path: Path) -> None:
+    """What a user meets running `runs show` with the URL the demo printed, after the demo stopped."""
+    url = f"postgresql://postgres@/postgres?host={tmp_path}"
+    line = one_line_error(cli("runs", "show", "some-run", "--db-url", url))
+    assert line.startswith("agno-exporter runs show: database error: ") and "No such file" in line, line
+    assert line.endswith("no server is listening on that socket (the demo's embedded PostgreSQL runs only while"
+                         " `agno-exporter demo` does)"), line
