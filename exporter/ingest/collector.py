@@ -108,6 +108,7 @@ class RunCollector:
         self.last_failure: PollFailure | None = None
         self._waiting_logged = False
         self._top_at = float("-inf")
+        self._top_expires = float("-inf")  # database time the top-K may change without new counts
         self._top_due: float | None = None  # database time a refresh is owed from (runs counted since)
         self._cursor_saved: dict[str, float] = {}  # reader key -> when its watermark was last saved
         self._unsaved: set[str] = set()  # reader keys whose saved watermark is older than runs counted since
@@ -125,6 +126,7 @@ class RunCollector:
             raise StateNotWritable(self.state.schema, str(exc)) from None
         self.watermarks.clear()
         self._cursor_saved.clear()
+        self._top_expires = float("-inf")  # the state may have been counted into by another process
         rows = await self.state.load_series()
         self.sink.restore(rows)
         await self.source.refresh(force=True)
@@ -206,11 +208,14 @@ class RunCollector:
         if result.counted and self.opts.top_sessions and self._top_due is None:
             self._top_due = self._top_at + self.opts.top_sessions_min_gap
         owed = self._top_due is not None and snap.now >= self._top_due
-        if self.opts.top_sessions and (owed or snap.now - self._top_at >= self.opts.top_sessions_refresh):
-            self.top = await self.state.top_sessions(snap.now - self.opts.top_sessions_window,
-                                                     self.opts.top_sessions)
+        if self.opts.top_sessions and (owed or snap.now >= self._top_expires):
+            window = self.opts.top_sessions_window
+            self.top = await self.state.top_sessions(snap.now - window, self.opts.top_sessions)
             self._top_at = snap.now
             self._top_due = None
+            # Until runs are counted again the top-K changes only when one of its sessions leaves the window
+            # (one more, outside it, then takes its place): no query before that.
+            self._top_expires = min((t.last_seen for t in self.top), default=float("inf")) + window
         await self.session_totals.check(snap.now)
         self.open_runs = [
             OpenRuns(r["run_type"] or "", r["name"], r["status"], int(r["n"]), int(r["stuck"]),

@@ -26,9 +26,8 @@ class CollectorOptions:
     backfill: bool = True
     top_sessions: int = 10
     top_sessions_window: float = 86400.0
-    # The top-K query sorts every session active in the window: repeat it when runs were counted, else
-    # only this often (so an idle poll stays cheap; a session leaves the window at most this late).
-    top_sessions_refresh: float = 60.0
+    # The top-K query sorts every session active in the window: it is repeated when runs were counted, else
+    # when one of its sessions leaves the window (exporter.ingest.collector), so an idle poll makes none.
     # ...and after runs were counted, not sooner than this after the last time: polls the wake-up starts
     # (exporter.ingest.notify) may come many a second. A refresh put off is made by the next poll it is due
     # at (the top-K lags the counters by at most a poll interval then, as it would without the wake-up).

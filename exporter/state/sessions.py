@@ -17,19 +17,19 @@ from exporter.state.series import SeriesState
 class SessionState(SeriesState):
     async def top_sessions(self, since: float, limit: int) -> list[TopSession]:
         """The ``limit`` sessions with most tokens seen since ``since``: (session id, run type, name,
-        tokens, reported cost, estimated cost)."""
+        tokens, reported cost, estimated cost, last seen)."""
         if limit <= 0:
             return []
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self._q(
-                    "SELECT session_id, run_type, name, tokens, cost, estimated_cost FROM {s}.sessions"
+                    "SELECT session_id, run_type, name, tokens, cost, estimated_cost, last_seen FROM {s}.sessions"
                     " WHERE source = %s AND last_seen >= %s ORDER BY tokens DESC, session_id LIMIT %s"
                 ),
                 (self.source, since, limit),
             )
-            return [TopSession(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"], r["estimated_cost"])
-                    for r in await cur.fetchall()]
+            return [TopSession(r["session_id"], r["run_type"], r["name"], r["tokens"], r["cost"], r["estimated_cost"],
+                               r["last_seen"]) for r in await cur.fetchall()]
 
     async def sessions_by_id(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not session_ids:

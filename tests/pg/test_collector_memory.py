@@ -264,3 +264,45 @@ def test_polls_start_an_interval_apart_however_long_they_take(db_url: str) -> No
         assert waits == [0.75, 1.0, 0.0]
 
     asyncio.run(main())
+
+
+def test_idle_polls_repeat_the_top_k_query_only_when_a_session_leaves_the_window(db_url: str) -> None:
+    """The top-K sessions change without new counts only when one of them leaves the window: idle polls
+    before then make no query for them (it sorts every session of the window); the one after does."""
+    rows = runs_v3()
+    newest = max(r["updated_at"] for r in rows)
+    t0 = newest + 10.0
+
+    async def main() -> None:
+        source = MemorySource(rows, now=t0)
+        state = PostgresState(Database(ConnectOptions(db_url)), "agno_exporter", "memory")
+        calls: list[float] = []
+        top_sessions = state.top_sessions
+
+        async def counting(since: float, limit: int) -> Any:
+            calls.append(since)
+            return await top_sessions(since, limit)
+
+        state.top_sessions = counting  # type: ignore[method-assign]
+        window = 3600.0
+        c = RunCollector(source, state, PrometheusSink(prom.new_store(300)),
+                         prom.SelfMetrics(CollectorRegistry(), "test"),
+                         CollectorOptions(top_sessions=3, top_sessions_window=window), clock=lambda: source.now)
+        try:
+            assert (await c.poll_once()).counted > 0
+            assert len(calls) == 1 and c.top
+            expires = min(t.last_seen for t in c.top) + window
+            for dt in (60.0, 600.0, expires - t0 - 1.0):  # idle polls, minutes apart, all before it
+                source.now = t0 + dt
+                assert (await c.poll_once()).counted == 0
+            assert len(calls) == 1
+            source.now = expires + 1.0  # the top sessions leave the window: one query, and they are gone
+            await c.poll_once()
+            assert len(calls) == 2 and c.top == []
+            source.now += 600.0
+            await c.poll_once()
+            assert len(calls) == 2  # nothing in the window: nothing can leave it
+        finally:
+            await state.db.close()
+
+    asyncio.run(main())

@@ -321,10 +321,10 @@ def top_sessions_metrics(rows: Sequence[TopSession]) -> Iterator[Metric]:
     labels = ["rank", "session_id", "run_type", "name"]
     yield gauge("agno_session_top_tokens", "Tokens of the K sessions with the most tokens in the window "
                 "(sum of their runs, member runs included).", labels,
-                (((str(i + 1), sid, rt, nm), tok) for i, (sid, rt, nm, tok, _, _) in enumerate(rows)))
+                (((str(i + 1), r.session_id, r.run_type, r.name), r.tokens) for i, r in enumerate(rows)))
     yield gauge("agno_session_top_cost_usd", "Cost in USD of the same K sessions: the sum of their runs' "
                 "agno_cost_usd_total, by the same source (reported by the provider, or estimated from the price "
                 "table); sum without (source) for the total.", [*labels, "source"],
-                (((str(i + 1), sid, rt, nm, source), usd)
-                 for i, (sid, rt, nm, _, reported, estimated) in enumerate(rows)
-                 for source, usd in (("reported", reported), ("estimated", estimated))))
+                (((str(i + 1), r.session_id, r.run_type, r.name, source), usd)
+                 for i, r in enumerate(rows)
+                 for source, usd in (("reported", r.cost), ("estimated", r.estimated_cost))))
