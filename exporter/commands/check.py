@@ -65,7 +65,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
             say(*await notify_check(conn, settings.collector.wake_on_notify, tables))
         say(*await _tracing_tables(settings, db))
     except psycopg.Error as exc:
-        say("FAIL", f"database.url: cannot connect or read: {redact(str(exc), url).strip()}")
+        say("FAIL", f"database.url: cannot connect or read: {redact(' '.join(str(exc).split()), url)}")
         return 1
     finally:
         await db.close()
@@ -78,7 +78,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
         say("ok" if writable else "FAIL", f"state: {why}")
         ok = ok and writable
     except psycopg.Error as exc:
-        say("FAIL", f"state.url: cannot connect: {redact(str(exc), state_url).strip()}")
+        say("FAIL", f"state.url: cannot connect: {redact(' '.join(str(exc).split()), state_url)}")
         ok = False
     finally:
         await state_db.close()

@@ -221,3 +221,13 @@ def test_a_unix_socket_with_no_server_says_the_demo_server_runs_only_with_the_de
     assert line.startswith("agno-exporter runs show: database error: ") and "No such file" in line, line
     assert line.endswith("no server is listening on that socket (the demo's embedded PostgreSQL runs only while"
                          " `agno-exporter demo` does)"), line
+
+
+def test_check_says_an_unreachable_database_in_one_line() -> None:
+    """libpq's message has a newline and a tab ("Is the server running ..."): one [FAIL] line all the same."""
+    proc = cli("check", "--db-url", f"postgresql://agno:pw@127.0.0.1:{free_port()}/agno")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    fail = [line for line in lines if "cannot connect or read" in line]
+    assert len(fail) == 1 and fail[0].startswith("[FAIL] database.url: cannot connect or read: "), lines
+    assert "Is the server running" in fail[0] and not any(line.startswith("\t") for line in lines), lines
