@@ -42,6 +42,12 @@ def redact(text: str, url: str | None = None) -> str:
     return text
 
 
+def one_line(exc: BaseException | str) -> str:
+    """An error's message on one line: libpq's messages span lines ("...\n\tIs the server running ...?"), and a
+    log line or a `check` line is one line."""
+    return " ".join(str(exc).split())
+
+
 def plain_url(url: str) -> str:
     """agno's SQLAlchemy URLs (``postgresql+psycopg://``) -> a libpq URL."""
     return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)

@@ -12,7 +12,7 @@ import psycopg
 from exporter.commands.notify_trigger import check_line as notify_check
 from exporter.commands.notify_trigger import layout_tables
 from exporter.config import Settings
-from exporter.db import ConnectOptions, Database, redact
+from exporter.db import ConnectOptions, Database, one_line, redact
 from exporter.ingest.discovery import discover
 from exporter.ingest.readers import nothing_to_read
 from exporter.ingest.spans_table import SpansTable
@@ -65,7 +65,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
             say(*await notify_check(conn, settings.collector.wake_on_notify, tables))
         say(*await _tracing_tables(settings, db))
     except psycopg.Error as exc:
-        say("FAIL", f"database.url: cannot connect or read: {redact(' '.join(str(exc).split()), url)}")
+        say("FAIL", f"database.url: cannot connect or read: {redact(one_line(exc), url)}")
         return 1
     finally:
         await db.close()
@@ -78,7 +78,7 @@ async def run_check(settings: Settings, out: TextIO) -> int:
         say("ok" if writable else "FAIL", f"state: {why}")
         ok = ok and writable
     except psycopg.Error as exc:
-        say("FAIL", f"state.url: cannot connect: {redact(' '.join(str(exc).split()), state_url)}")
+        say("FAIL", f"state.url: cannot connect: {redact(one_line(exc), state_url)}")
         ok = False
     finally:
         await state_db.close()

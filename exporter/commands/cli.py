@@ -327,10 +327,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _socket_hint(exc: BaseException) -> str:
     """What libpq's "No such file or directory" on a Unix socket means here: most often the demo's embedded
     server (whose URL the demo prints), which runs only while ``agno-exporter demo`` does."""
@@ -362,9 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: {exc}", file=sys.stderr)
         return 1
     except psycopg.Error as exc:  # the one-shot commands; collect and run retry instead
-        from exporter.db import redact
+        from exporter.db import one_line, redact
 
-        print(f"{name}: database error: {redact(_one_line(exc))}{_socket_hint(exc)}", file=sys.stderr)
+        print(f"{name}: database error: {redact(one_line(exc))}{_socket_hint(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -293,7 +293,7 @@ class Service:
         # An exporter of its own: the two sinks export concurrently from worker threads.
         self.agno_span_exporter = make_span_exporter(t.endpoint, t.protocol, timeout=t.timeout)
         sink = TraceSink(
-            SpanOutbox(outbox_state, source(send_db), resource, self.metrics.rows_skipped,
+            SpanOutbox(outbox_state, source(send_db), self.metrics.rows_skipped,
                        active=lambda: leader.is_leader),
             self.agno_span_exporter,
             resource=resource,

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from exporter.db import ConnectOptions, connect, redact
+from exporter.db import ConnectOptions, connect, one_line, redact
 from exporter.ingest.metrics import WakeMetrics
 from exporter.retry import poll_backoff
 
@@ -173,7 +173,7 @@ class NotifyListener:
                 failures += 1
                 delay = self.backoff.delay(failures)
                 log.warning("wake-up: LISTEN connection failed, polling every %gs until it is back (retry in"
-                            " %.1fs): %s", self.interval, delay, redact(" ".join(str(exc).split()), self.opts.url))
+                            " %.1fs): %s", self.interval, delay, redact(one_line(exc), self.opts.url))
                 await self.sleep(delay)
             finally:
                 self.m.listening.set(0)

@@ -50,7 +50,7 @@ class TopSession(NamedTuple):
     tokens: int
     cost: float  # US dollars the provider reported
     estimated_cost: float  # US dollars estimated from the price table
-    last_seen: float = 0.0  # when a run of it was last counted (unix seconds): it leaves the window then + window
+    last_seen: float  # when a run of it was last counted (unix seconds): it leaves the window then + window
 
 
 class Staged(Protocol):

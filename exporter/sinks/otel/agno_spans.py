@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
-from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, Counter
 
 from exporter.ingest.cursor import Watermark, WindowLog
@@ -83,11 +82,10 @@ class SpanOutbox:
     """The :class:`~exporter.sinks.otel.traces.TraceOutbox` of agno's spans: ids queued in the state, rows re-read
     from agno's table by id (the queue holds ids, not spans: memory stays at one batch)."""
 
-    def __init__(self, state: PostgresState, source: SpansTable, resource: Resource, skipped: Counter,
+    def __init__(self, state: PostgresState, source: SpansTable, skipped: Counter,
                  active: Callable[[], bool] = lambda: True) -> None:
         self.state = state
         self.source = source
-        self.resource = resource
         self.skipped = skipped  # agno_exporter_rows_skipped{reason}
         self.active = active
 
