@@ -197,6 +197,17 @@ def figures(plan: Plan, info: dict[str, Any]) -> dict[str, Result]:
     results["ingest_spans"] = Result(
         ing["spans"]["runs_per_second"], "runs/s", ing["fetch_parse"]["runs_per_second"], limit, True, "≥ 0.4×",
         f"{n_ing} runs")
+    cores = int(info["machine"]["cores"])
+    for name in ("metrics", "spans"):
+        if (cpu := cpu_per_run(ing[name])) is None or (limit_cpu := cpu_per_run(ing["fetch_parse"])) is None:
+            continue  # Postgres on another host: its CPU is not readable here
+        # Python and Postgres share the cores: the wall time per run cannot be below CPU / cores
+        bound = (1e6 / ing["fetch_parse"]["runs_per_second"]) / (cpu / cores)
+        results[f"ingest_{name}_cpu"] = Result(
+            cpu, "µs", limit_cpu, "CPU per run of the limit (process + Postgres)", False, "",
+            f"{n_ing} runs, process {ing[name]['process_cpu_us_per_run']:.0f} + Postgres "
+            f"{ing[name]['postgres_cpu_us_per_run']:.0f} µs per run; on {cores} cores the ingest ratio cannot "
+            f"pass {bound:.2f}×")
     b = at[big]
     peer_label = "query-exporter scrape (its SQL on every scrape)" if qe else "query-exporter's SQL by psycopg"
     where = f"{_k(big)} runs, polls {plan.idle_interval:g}s apart"
@@ -248,6 +259,13 @@ def figures(plan: Plan, info: dict[str, Any]) -> dict[str, Result]:
         overhead["off"] * 1e3, "ms", overhead["on"] * 1e3, "openinference-instrumentation-agno in process",
         False, "", f"{overhead['runs']} runs each")
     return results
+
+
+def cpu_per_run(m: dict[str, Any]) -> float | None:
+    """CPU per run of one ingest measurement, this process's and the Postgres server's (µs), None when
+    the server's is not readable (details saved before it was measured have neither)."""
+    pg = m.get("postgres_cpu_us_per_run")
+    return None if pg is None else float(m["process_cpu_us_per_run"] + pg)
 
 
 def _ms(x: dict[str, float] | None, q: str = "median") -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,12 +105,6 @@ def metric_totals(body: bytes, runs: str = "agno_runs_total", tokens: tuple[str,
     return round(n_runs), round(n_tokens)
 
 
-async def timed(fn: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = await fn()
-    return time.perf_counter() - t0, out
-
-
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -162,3 +154,24 @@ def parent_pid(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def server_cpu_ns(url: str) -> int | None:
+    """CPU of the whole Postgres server behind ``url`` in nanoseconds: the postmaster, every live child
+    (backends, WAL writer, checkpointer, autovacuum: what the measured work makes it do) and the reaped
+    ones (parallel workers, exited backends; 10 ms ticks). None when the server is not on this host or
+    not readable here."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    postmaster = parent_pid(row[0]) if row else None
+    own = cpu_ns(postmaster) if postmaster is not None else None
+    reaped = children_cpu_seconds(postmaster) if postmaster is not None else None
+    if postmaster is None or own is None or reaped is None:
+        return None
+    total = own + int(reaped * 1e9)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        pid = int(stat.parent.name)
+        if parent_pid(pid) == postmaster:
+            total += cpu_ns(pid) or 0
+    return total
+

@@ -1,7 +1,8 @@
 """A small, real OTLP/HTTP trace receiver for tests.
 
 It listens on 127.0.0.1 (ephemeral port), accepts ``POST /v1/traces`` with
-``application/x-protobuf`` (optionally gzip/deflate encoded), decodes the
+``application/x-protobuf`` (optionally gzip/deflate encoded: aiohttp's server decodes the body as its
+``Content-Encoding`` says, and the header is kept with the request), decodes the
 ``ExportTraceServiceRequest`` with opentelemetry-proto and keeps the spans. It can be told to
 answer an error status (503, 500, ...) or to be down (its listening socket closed, so connections
 are refused), to play a broken trace backend. Spans of a request answered with an error are not
@@ -14,10 +15,8 @@ from async code (``await rx.astart()`` / ``await rx.astop()`` on the caller's lo
 from __future__ import annotations
 
 import asyncio
-import gzip
 import socket
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -134,12 +133,7 @@ class OtlpReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         if request.content_type != PROTOBUF:
             return web.Response(status=415, text=f"expected {PROTOBUF}")
-        body = await request.read()
-        encoding = request.headers.get("Content-Encoding", "").lower()
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
+        body = await request.read()  # decoded already (aiohttp's auto_decompress): gzip, deflate
         message = ExportTraceServiceRequest()
         try:
             message.ParseFromString(body)

@@ -83,7 +83,9 @@ def test_values_the_sdk_leaves_out_are_left_out() -> None:
     assert SpanEncoder(resource).request([odd]).SerializePartialToString() == sdk_bytes([odd], resource)
 
 
-def test_http_export_request_uses_the_sdk_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_http_export_request_uses_the_sdk_configuration(monkeypatch: pytest.MonkeyPatch,
+                                                        compression: str | None) -> None:
     spans = every_span(False)[:5]
     request = SpanEncoder(Resource.create({"service.name": "agno-test"})).request(spans)
     with OtlpReceiver() as rx:
@@ -92,8 +94,11 @@ def test_http_export_request_uses_the_sdk_configuration(monkeypatch: pytest.Monk
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.base_url)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme")
-        for var in ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"):
-            monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", raising=False)
+        if compression:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", compression)
+        else:
+            monkeypatch.delenv("OTEL_EXPORTER_OTLP_COMPRESSION", raising=False)
         exporter = make_span_exporter()
         try:
             assert isinstance(exporter, RequestExporter) and exporter.accepts_requests
@@ -104,6 +109,8 @@ def test_http_export_request_uses_the_sdk_configuration(monkeypatch: pytest.Monk
             exporter.shutdown()
         assert exporter.export_request(request) is SpanExportResult.FAILURE  # after shutdown, as export()
         assert [r[2].get("x-tenant") for r in rx.requests()] == ["acme", "acme"]
+        # the body was sent encoded as the environment says (the receiver decoded it to read the spans)
+        assert {r[2].get("Content-Encoding") for r in rx.requests()} == {compression}
         got = rx.spans()
     assert [(s.span_id, s.name) for s in got] == [(f"{s.span_id:016x}", s.name) for s in spans]
     assert {s.resource["service.name"] for s in got} == {"agno-test"}
