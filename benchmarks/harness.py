@@ -163,7 +163,7 @@ def server_cpu_ns(url: str) -> int | None:
     not readable here."""
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    postmaster = parent_pid(row[0]) if row else None
+        postmaster = parent_pid(row[0]) if row else None  # while the backend lives
     own = cpu_ns(postmaster) if postmaster is not None else None
     reaped = children_cpu_seconds(postmaster) if postmaster is not None else None
     if postmaster is None or own is None or reaped is None:

@@ -267,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     _collect_flags(sp)
     sp.set_defaults(func=cmd_run)
 
-    sp = command("demo", "try it on this machine: a throwaway PostgreSQL, a simulated model and example agents "
-                 "writing runs, with /metrics, in one process")
+    sp = command("demo", "try it on this machine: an embedded PostgreSQL (its data kept in --data-dir), a "
+                 "simulated model and example agents writing runs, with /metrics, in one process")
     _database_flags(sp, db_default="an embedded PostgreSQL started for the demo")
     _server_flags(sp)
     sp.add_argument("--data-dir", type=Path, default=Path(".agno-exporter/demo-pg"), metavar="DIR",

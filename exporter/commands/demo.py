@@ -150,6 +150,8 @@ def _banner(out: TextIO, settings: Settings, stack: Stack, embedded: EmbeddedPos
     if stack.scheduler is not None:
         lines.append("  progress  this process: what it fired and counted | in total: every run counted in this "
                      "database, earlier demos included")
+        lines.append("            counted: agno's runs, a team's member runs too (each is a run of its own), so"
+                     " more than fired")
         lines.append("            skipped: overlap = the job's last run still in flight (max_in_flight), "
                      "misfire = fired too late (misfire_grace_time)")
     lines.append("  stop      Ctrl-C" + (f", or wait {duration:g}s" if duration else ""))

@@ -60,18 +60,21 @@ class Outboxes(StateBase):
                 (self.source, list(run_ids)),
             )
 
-    async def count_pending_traces(self, ready_only: bool = False) -> int:
-        """Runs counted but not yet exported as spans. ``ready_only`` leaves out the runs waiting for
-        their parent to be counted (:meth:`pending_traces` holds them back, up to its ``hold``)."""
+    async def has_pending_traces(self, ready_only: bool = False) -> bool:
+        """Whether a counted run is not exported as spans yet. ``ready_only`` leaves out the runs waiting
+        for their parent to be counted (:meth:`pending_traces` holds them back, up to its ``hold``).
+        An EXISTS: it stops at the first such run (the outbox's partial index), where a count would
+        read them all."""
         waiting = (" AND (r.parent_run_id IS NULL OR EXISTS (SELECT 1 FROM {s}.runs p WHERE p.source = r.source"
                    " AND p.run_id = r.parent_run_id))") if ready_only else ""
-        async with self.db.transaction() as conn:
+        async with self.db.statement() as conn:
             cur = await conn.execute(
-                self._q("SELECT count(*) AS n FROM {s}.runs r WHERE r.source = %s AND NOT r.traces_exported" + waiting),
+                self._q("SELECT EXISTS (SELECT 1 FROM {s}.runs r WHERE r.source = %s AND NOT r.traces_exported"
+                        + waiting + ") AS any"),
                 (self.source,),
             )
             row = await cur.fetchone()
-        return int(row["n"]) if row else 0
+        return bool(row and row["any"])
 
     # --- agno's own spans (exporter.sinks.otel.agno_spans) ------------------------------------------------
 

@@ -16,7 +16,9 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from exporter.commands.service import Service
+from exporter.db import Database
 from exporter.records.ids import trace_id_hex
+from exporter.state.store import PostgresState
 from tests.helpers.agno_app import AgnoApp
 from tests.helpers.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.helpers.scrape import Samples, scrape_text
@@ -485,6 +487,16 @@ def test_step_and_member_runs_nest_under_their_parents(db_url: str, sim_url: str
         asyncio.run(_nesting(db_url, sim_url, rx))
 
 
+async def pending(service: Service, ready_only: bool) -> bool:
+    """``has_pending_traces`` of the service's state, on a connection of its own (the collector's may be
+    in a transaction of its poll)."""
+    db = Database(service.state.db.opts)
+    try:
+        return await PostgresState(db, service.state.schema, service.state.source).has_pending_traces(ready_only)
+    finally:
+        await db.close()
+
+
 async def _nesting(db_url: str, sim_url: str, rx: OtlpReceiver) -> None:
     from agno.workflow import Step, Workflow
 
@@ -522,8 +534,10 @@ async def _nesting(db_url: str, sim_url: str, rx: OtlpReceiver) -> None:
         await wait_counted(service, len(truth) + 1)
         await wait_until(lambda: all(v for k, v in outbox(db_url).items() if k in truth), "the workflow exported")
         assert outbox(db_url)[member["run_id"]] is False  # held for its team
+        assert await pending(service, ready_only=False) and not await pending(service, ready_only=True)
         set_status(db_url, [team_out.run_id], "COMPLETED")
         await wait_until(all_exported(db_url, {*truth, team_out.run_id, member["run_id"]}), "everything exported")
+        assert not await pending(service, ready_only=False)
         spans = rx.spans()
     finally:
         await service.stop()
