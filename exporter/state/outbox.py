@@ -62,19 +62,11 @@ class Outboxes(StateBase):
 
     async def has_pending_traces(self, ready_only: bool = False) -> bool:
         """Whether a counted run is not exported as spans yet. ``ready_only`` leaves out the runs waiting
-        for their parent to be counted (:meth:`pending_traces` holds them back, up to its ``hold``).
-        An EXISTS: it stops at the first such run (the outbox's partial index), where a count would
-        read them all."""
-        waiting = (" AND (r.parent_run_id IS NULL OR EXISTS (SELECT 1 FROM {s}.runs p WHERE p.source = r.source"
-                   " AND p.run_id = r.parent_run_id))") if ready_only else ""
-        async with self.db.statement() as conn:
-            cur = await conn.execute(
-                self._q("SELECT EXISTS (SELECT 1 FROM {s}.runs r WHERE r.source = %s AND NOT r.traces_exported"
-                        + waiting + ") AS any"),
-                (self.source,),
-            )
-            row = await cur.fetchone()
-        return bool(row and row["any"])
+        for their parent to be counted (:meth:`pending_traces` holds them back, up to its ``hold``: at
+        ``now`` 0 none has waited long enough). :meth:`pending_traces`'s first row: the outbox's partial
+        index in order, a primary-key probe per run for its parent. (An EXISTS with the parent check as
+        a subquery was planned as a hash of every counted run: 40 ms at 10^5 runs.)"""
+        return bool(await self.pending_traces(1, now=0.0 if ready_only else float("inf")))
 
     # --- agno's own spans (exporter.sinks.otel.agno_spans) ------------------------------------------------
 
