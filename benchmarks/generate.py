@@ -29,7 +29,7 @@ from exporter.records.runs import FINAL_STATUSES, TOKEN_FIELDS
 from .capture import Captured
 
 MIN_BYTES, MODE_BYTES, MAX_BYTES = 1_000, 2_500, 50_000
-NAME_VARIANTS = 8  # names per captured agent/team name
+NAME_VARIANTS = 16  # names per captured agent/team name: about 10^4 series served (the memory target's)
 USERS = 1000
 SESSION_RUNS = (1, 4)  # top-level runs per session
 OPEN_SHARE = 0.001  # runs still RUNNING

@@ -240,7 +240,7 @@ class SeriesStore(Collector):
     def collect(self) -> Iterator[Metric]:
         for family in self.families.values():
             yield LazyFamily(self._empty(family), partial(self._build, family, None),
-                             partial(self._render, family))
+                             partial(self._parts, family))
 
     def _build(self, family: Family, only: Iterable[tuple[tuple[str, ...], Series]] | None) -> Metric:
         """The family as a prometheus_client metric: all its series, or ``only`` these."""
@@ -264,8 +264,9 @@ class SeriesStore(Collector):
                 metric.add_metric(labels, buckets, s.total)  # type: ignore[arg-type,unused-ignore]
         return metric
 
-    def _render(self, family: Family, encoder: Encoder) -> bytes:
-        """The family as ``encoder`` formats it: its header, then each series' cached lines."""
+    def _parts(self, family: Family, encoder: Encoder) -> list[bytes]:
+        """The family as ``encoder`` formats it: its header, then each series' cached lines (those
+        objects, not copies; see exporter.sinks.prometheus.exposition)."""
         key = encoder_key(encoder)
         header = encode(encoder, [self._empty(family)])
         parts = [header]
@@ -277,7 +278,7 @@ class SeriesStore(Collector):
                 whole = encode(encoder, [self._build(family, [(labels, s)])])
                 lines = s.rendered[key] = whole[len(header):] if whole.startswith(header) else whole
             parts.append(lines)
-        return b"".join(parts)
+        return parts
 
 
 def _fmt(b: float) -> str:
