@@ -51,8 +51,8 @@ def encode(encoder: Encoder, metrics: Iterable[Metric]) -> bytes:
 
 
 class LazyFamily(Metric):
-    """A metric family whose samples are built only when read, and that can render itself: ``parts``
-    gives its exposition for an encoder as a list of bytes (its header, then each series' cached lines)."""
+    """A metric family whose samples are built only when read, and that renders itself: ``parts`` gives its
+    exposition for an encoder as a list of bytes (its header, then each series' cached lines)."""
 
     _samples: list[Any] | None = None
 
@@ -61,9 +61,6 @@ class LazyFamily(Metric):
         self.unit = header.unit
         self._build = build
         self.parts = parts
-
-    def render(self, encoder: Encoder) -> bytes:
-        return b"".join(self.parts(encoder))
 
     @property
     def samples(self) -> list[Any]:
