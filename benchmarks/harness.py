@@ -174,4 +174,3 @@ def server_cpu_ns(url: str) -> int | None:
         if parent_pid(pid) == postmaster:
             total += cpu_ns(pid) or 0
     return total
-

@@ -79,9 +79,9 @@ async def exporter_spans(url: str, schema: str, sink_url: str) -> dict[str, Any]
         await service.start()  # web server + the trace sink
         result = await service.collector.poll_once()
         # Done when every deliverable run is delivered: a member run whose team is still open in agno's
-        # table waits for it in the outbox (up to collector.stuck_after), as in the product.
-        # each check is a query on the event loop being measured: the outbox's first row, in its index
-        # order (a count, or an EXISTS planned as a hash of the ledger, read every counted run each time)
+        # table waits for it in the outbox (up to collector.stuck_after), as in the product. Each check is a
+        # query on the event loop being measured, so it is the outbox's first row in its index order (a
+        # count, or an EXISTS planned as a hash of the ledger, read every counted run each time).
         while await service.state.has_pending_traces(ready_only=True):
             await asyncio.sleep(0.1)
     check_exact(service, url)
